@@ -1,0 +1,212 @@
+"""Tests for speechmerge.prune (paper eqs. 1-7)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from speechmerge.prune import (
+    count_from_ratio,
+    is_prunable,
+    lors,
+    lors_dense,
+    magnitude_prune,
+    rank_from_ratio,
+    svp,
+)
+
+dims = st.integers(min_value=1, max_value=12)
+ratios = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
+seeds = st.integers(min_value=0, max_value=2**31 - 1)
+
+
+def randn(shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g, dtype=dtype)
+
+
+# ---------------------------------------------------------------- ratios
+
+
+@given(n=st.integers(min_value=0, max_value=10_000), p=ratios)
+def test_count_from_ratio(n: int, p: float) -> None:
+    k = count_from_ratio(n, p)
+    assert 0 <= k <= n
+    assert abs(k - p * n) <= 0.5 + 1e-9
+    assert count_from_ratio(n, 1.0) == n
+    assert count_from_ratio(n, 0.0) == 0
+
+
+def test_count_rounds_half_up() -> None:
+    assert count_from_ratio(10, 0.25) == 3  # 2.5 -> 3 (not banker's 2)
+    assert count_from_ratio(3, 0.5) == 2
+
+
+@given(d=dims, k=dims, r=ratios)
+def test_rank_from_ratio(d: int, k: int, r: float) -> None:
+    rank = rank_from_ratio((d, k), r)
+    m = min(d, k)
+    assert 1 <= rank <= m
+    assert rank == min(m, max(1, math.ceil(r * m - 1e-9)))
+
+
+def test_rank_from_ratio_float_noise() -> None:
+    assert rank_from_ratio((100, 300), 0.03) == 3  # 0.03 * 100 = 3.0000000000000004
+    assert rank_from_ratio((768, 768), 0.01) == 8
+    assert rank_from_ratio((768, 3072), 1.0) == 768
+
+
+def test_bad_ratio() -> None:
+    with pytest.raises(ValueError):
+        count_from_ratio(10, 1.5)
+    with pytest.raises(ValueError):
+        rank_from_ratio((3, 3), -0.1)
+    with pytest.raises(ValueError):
+        rank_from_ratio((3, 3, 3), 0.5)
+
+
+# ---------------------------------------------------------------- MP, eqs. (1)-(2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(d=dims, k=dims, p=ratios, seed=seeds)
+def test_magnitude_prune_keeps_top_k(d: int, k: int, p: float, seed: int) -> None:
+    t = randn((d, k), seed)
+    out = magnitude_prune(t, p)
+    assert out.shape == t.shape and out.dtype == t.dtype
+    n_keep = count_from_ratio(t.numel(), p)
+    kept = out != 0
+    assert int(kept.sum()) == n_keep
+    assert torch.equal(out[kept], t[kept])  # M ⊙ W: kept entries unchanged
+    if 0 < n_keep < t.numel():
+        assert t.abs()[kept].min() >= t.abs()[~kept].max()
+
+
+def test_magnitude_prune_ties_exact_count() -> None:
+    t = torch.ones(4, 5)
+    out = magnitude_prune(t, 0.3)
+    assert int((out != 0).sum()) == 6
+
+
+def test_magnitude_prune_dtype_and_nonfloat() -> None:
+    t = randn((6, 7), 0, torch.float16)
+    assert magnitude_prune(t, 0.5).dtype == torch.float16
+    i = torch.arange(10)
+    assert torch.equal(magnitude_prune(i, 0.1), i)
+
+
+# ---------------------------------------------------------------- SVP, eqs. (3)-(4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(d=dims, k=dims, r=ratios, seed=seeds)
+def test_svp_is_truncated_svd(d: int, k: int, r: float, seed: int) -> None:
+    t = randn((d, k), seed)
+    rank = rank_from_ratio(t.shape, r)
+    out = svp(t, r, exact=True)
+    assert out.shape == t.shape and out.dtype == t.dtype
+    assert int(torch.linalg.matrix_rank(out)) <= rank
+    # Eckart–Young: the Frobenius error of the best rank-r approximation.
+    s = torch.linalg.svdvals(t)
+    expected = torch.sqrt((s[rank:] ** 2).sum())
+    assert torch.isclose(torch.linalg.norm(t - out), expected, rtol=1e-7, atol=1e-9)
+
+
+def test_svp_full_rank_is_identity() -> None:
+    t = randn((5, 9), 1, torch.float32)
+    assert torch.equal(svp(t, 1.0), t)
+
+
+def test_svp_float32_and_half() -> None:
+    t = randn((20, 30), 2, torch.float32)
+    out = svp(t, 0.2, exact=True)
+    assert out.dtype == torch.float32
+    ref = svp(t.double(), 0.2, exact=True)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-5)
+    assert svp(t.half(), 0.2).dtype == torch.float16
+
+
+def test_svp_randomized_close_to_exact() -> None:
+    g = torch.Generator().manual_seed(3)
+    d, k = 200, 150
+    u, _ = torch.linalg.qr(torch.randn(d, k, generator=g))
+    v, _ = torch.linalg.qr(torch.randn(k, k, generator=g))
+    s = 0.8 ** torch.arange(k, dtype=torch.float32)
+    t = (u * s) @ v.T
+    ratio = 0.05  # r = 8 <= 0.25 * 150 -> randomized path by default
+    assert rank_from_ratio(t.shape, ratio) == 8
+    exact = svp(t, ratio, exact=True)
+    auto = svp(t, ratio)
+    forced = svp(t, ratio, exact=False)
+    assert torch.equal(auto, forced)  # auto picks the (seeded, deterministic) randomized path
+    assert torch.equal(auto, svp(t, ratio))
+    rel = torch.linalg.norm(auto - exact) / torch.linalg.norm(exact)
+    assert rel < 1e-4
+    assert int(torch.linalg.matrix_rank(auto, atol=1e-4)) <= 8
+
+
+# ---------------------------------------------------------------- LoRS, eqs. (5)-(7)
+
+
+@settings(max_examples=40, deadline=None)
+@given(d=dims, k=dims, p=ratios, seed=seeds)
+def test_lors_full_rank(d: int, k: int, p: float, seed: int) -> None:
+    t = randn((d, k), seed)
+    low, sparse = lors(t, 1.0, p)
+    torch.testing.assert_close(low, t)
+    assert torch.allclose(sparse, torch.zeros_like(sparse), atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(d=dims, k=dims, r=ratios, seed=seeds)
+def test_lors_keep_all(d: int, k: int, r: float, seed: int) -> None:
+    t = randn((d, k), seed)
+    low, sparse = lors(t, r, 1.0, exact=True)
+    torch.testing.assert_close(low + sparse, t)
+    torch.testing.assert_close(lors_dense(t, r, 1.0, exact=True), t)
+
+
+@settings(max_examples=40, deadline=None)
+@given(d=st.integers(2, 12), k=st.integers(2, 12), r=ratios, p=ratios, seed=seeds)
+def test_lors_sparse_part(d: int, k: int, r: float, p: float, seed: int) -> None:
+    t = randn((d, k), seed)
+    low, sparse = lors(t, r, p, exact=True)
+    torch.testing.assert_close(low, svp(t, r, exact=True))
+    resid = t - low
+    if rank_from_ratio(t.shape, r) < min(d, k):  # residual is a.s. dense
+        assert int((sparse != 0).sum()) == count_from_ratio(t.numel(), p)
+    torch.testing.assert_close(sparse, magnitude_prune(resid, p))
+    torch.testing.assert_close(lors_dense(t, r, p, exact=True), low + sparse)
+
+
+# ---------------------------------------------------------------- which tensors are pruned
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "expected"),
+    [
+        ("model.encoder.layers.0.self_attn.q_proj.weight", (8, 8), True),
+        ("model.encoder.layers.0.self_attn.k_proj.weight", (8, 8), True),
+        ("model.decoder.layers.3.encoder_attn.out_proj.weight", (8, 8), True),
+        ("model.decoder.layers.0.fc1.weight", (32, 8), True),
+        ("model.decoder.layers.0.fc2.weight", (8, 32), True),
+        ("model.encoder.layers.0.self_attn.q_proj.bias", (8,), False),
+        ("model.decoder.embed_tokens.weight", (64, 8), False),
+        ("model.decoder.embed_positions.weight", (16, 8), False),
+        ("model.encoder.embed_positions.weight", (16, 8), False),
+        ("proj_out.weight", (64, 8), False),
+        ("model.encoder.conv1.weight", (8, 4, 3), False),
+        ("model.encoder.layer_norm.weight", (8,), False),
+        ("model.encoder.layers.0.self_attn_layer_norm.weight", (8,), False),
+    ],
+)
+def test_is_prunable(name: str, shape: tuple[int, ...], expected: bool) -> None:
+    assert is_prunable(name, torch.zeros(shape)) is expected
+
+
+def test_is_prunable_nonfloat() -> None:
+    assert not is_prunable("model.x.q_proj.weight", torch.zeros((4, 4), dtype=torch.int64))
