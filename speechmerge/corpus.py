@@ -1,0 +1,249 @@
+"""Corpora in the workflow's one format, and duration-based subsetting.
+
+A corpus split is a TSV with the columns ``id, audio, duration, sentence, translation``:
+``audio`` is a path (relative to the TSV's folder) to a 16 kHz mono FLAC file, ``sentence``
+the transcript in the spoken language (the ASR target) and ``translation`` its English
+translation (the X→en speech-translation target).
+
+Sources:
+
+* ``synthetic``: the embedded benchmark. Numbers spoken by eSpeak NG in the paper's ten
+  languages, words from ``num2words``. Two domains, as Whisper's pre-training data vs
+  CoVoST-2: the *base* split (pre-training only: numbers below ``base_max_number``, clean
+  "studio" voices) and the *target* splits ``train/dev/test`` (numbers up to
+  ``max_number``, other voice variants, faster speech, higher pitch, white noise). The
+  number range is partitioned once (seeded) into disjoint train / dev / test pools, and the
+  base domain draws only from the train pool, so dev and test texts are never seen in
+  training of any model.
+* ``covost2`` (see :mod:`speechmerge.covost`), written in the same format.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+COLUMNS = ["id", "audio", "duration", "sentence", "translation"]
+SPLITS = ["base", "train", "dev", "test"]
+TARGET_SPLITS = ["train", "dev", "test"]
+
+# The paper's language sets (section 4.1).
+HIGH_RESOURCE = ["ca", "de", "es", "fr", "it"]
+LOW_RESOURCE = ["id", "nl", "pt", "ru", "sv"]
+LANGUAGES = HIGH_RESOURCE + LOW_RESOURCE
+
+
+@dataclass(frozen=True)
+class Utterance:
+    id: str
+    audio: str
+    duration: float
+    sentence: str
+    translation: str
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed derived from strings/ints, stable across processes (unlike hash())."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def number_text(n: int, lang: str) -> str:
+    from num2words import num2words
+
+    return num2words(n, lang=lang)
+
+
+def partition_numbers(max_number: int, seed: int, dev_frac: float, test_frac: float):
+    """Disjoint train/dev/test pools of the integers 0..max_number (seeded permutation)."""
+    rng = np.random.default_rng(stable_seed(seed, "partition"))
+    perm = rng.permutation(max_number + 1)
+    n_test = int(round(test_frac * perm.size))
+    n_dev = int(round(dev_frac * perm.size))
+    return {
+        "test": np.sort(perm[:n_test]),
+        "dev": np.sort(perm[n_test : n_test + n_dev]),
+        "train": np.sort(perm[n_test + n_dev :]),
+    }
+
+
+def _sample_numbers(pool: np.ndarray, count: int, upper: int, rng: np.random.Generator):
+    """Draw `count` numbers from `pool` (below `upper`), roughly uniform over digit counts.
+
+    Draws without replacement while the pool lasts, so a split repeats a text only when it
+    asks for more utterances than its pool has.
+    """
+    pool = pool[pool <= upper]
+    if pool.size == 0:
+        raise ValueError(f"empty number pool below {upper}")
+    digits = np.array([len(str(int(n))) for n in pool])
+    weights = np.zeros(pool.size)
+    for d in np.unique(digits):
+        weights[digits == d] = 1.0 / np.sum(digits == d)
+    weights /= weights.sum()
+    out: list[int] = []
+    while len(out) < count:
+        k = min(count - len(out), pool.size)
+        out.extend(int(x) for x in rng.choice(pool, size=k, replace=False, p=weights))
+    return out
+
+
+def synthesize_language(lang: str, out_dir: str | Path, cfg: dict, seed: int, progress=True):
+    """Write ``{out_dir}/{split}.tsv`` and ``{out_dir}/clips/{split}/*.flac`` for one language.
+
+    `cfg` is the ``corpus.synthetic`` section of the workflow config. Deterministic given
+    (`lang`, `cfg`, `seed`). Output is atomic: written into a temporary sibling folder and
+    renamed into place.
+    """
+    import soundfile as sf
+    from tqdm import tqdm
+
+    from .synth import speak
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        pools = partition_numbers(cfg["max_number"], seed, cfg["dev_fraction"], cfg["test_fraction"])
+        pools["base"] = pools["train"]
+        for split in SPLITS:
+            domain = cfg["domains"]["base" if split == "base" else "target"]
+            rng = np.random.default_rng(stable_seed(seed, lang, split))
+            count = cfg["utterances"][split]
+            numbers = _sample_numbers(pools[split], count, domain["max_number"], rng)
+            (tmp / "clips" / split).mkdir(parents=True)
+            rows = []
+            for i, n in enumerate(
+                tqdm(numbers, desc=f"synth {lang}/{split}", disable=not progress, mininterval=2)
+            ):
+                variant = domain["variants"][rng.integers(len(domain["variants"]))]
+                rate = int(rng.integers(domain["rate"][0], domain["rate"][1] + 1))
+                pitch = int(rng.integers(domain["pitch"][0], domain["pitch"][1] + 1))
+                snr = domain.get("snr_db")
+                snr_db = float(rng.uniform(snr[0], snr[1])) if snr else None
+                sentence = number_text(n, lang)
+                audio = speak(sentence, lang, variant, rate, pitch, snr_db, rng)
+                # Keep every utterance inside the model's input window: speak faster.
+                while audio.size > cfg["max_seconds"] * 16_000:
+                    rate = int(rate * 1.15) + 1
+                    audio = speak(sentence, lang, variant, rate, pitch, snr_db, rng)
+                uid = f"{lang}-{split}-{i:05d}"
+                rel = f"clips/{split}/{uid}.flac"
+                sf.write(tmp / rel, audio, 16_000, subtype="PCM_16")
+                rows.append(
+                    Utterance(uid, rel, round(audio.size / 16_000, 3), sentence, number_text(n, "en"))
+                )
+            write_tsv(rows, tmp / f"{split}.tsv")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_tsv(rows: list[Utterance], path: str | Path) -> None:
+    """Write a corpus TSV atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+        w.writerow(COLUMNS)
+        for r in rows:
+            w.writerow([r.id, r.audio, f"{r.duration:.3f}", r.sentence, r.translation])
+    os.replace(tmp, path)
+
+
+def read_tsv(path: str | Path) -> list[Utterance]:
+    """Read a corpus TSV; fails naming the file and the missing column or bad row."""
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f, delimiter="\t")
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise ValueError(f"{path}: empty corpus file (no header)") from None
+        missing = [c for c in COLUMNS if c not in header]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {missing}; header is {header}")
+        idx = {c: header.index(c) for c in COLUMNS}
+        rows = []
+        for lineno, rec in enumerate(reader, start=2):
+            try:
+                rows.append(
+                    Utterance(
+                        rec[idx["id"]],
+                        rec[idx["audio"]],
+                        float(rec[idx["duration"]]),
+                        rec[idx["sentence"]],
+                        rec[idx["translation"]],
+                    )
+                )
+            except (IndexError, ValueError) as e:
+                raise ValueError(f"{path}:{lineno}: bad row ({e})") from None
+    return rows
+
+
+def subset_by_duration(rows: list[Utterance], seconds: float, seed: int) -> list[Utterance]:
+    """A seeded random subset whose total duration is as close as possible to `seconds`
+    without exceeding it (the paper fixes hours of audio per language, section 4.1)."""
+    if seconds <= 0:
+        raise ValueError(f"requested duration must be positive, got {seconds}")
+    order = np.random.default_rng(stable_seed(seed, "subset")).permutation(len(rows))
+    chosen, total = [], 0.0
+    for i in order:
+        if total + rows[i].duration <= seconds:
+            chosen.append(rows[i])
+            total += rows[i].duration
+    available = sum(r.duration for r in rows)
+    if total < 0.9 * min(seconds, available):
+        raise ValueError(f"could only fill {total:.1f}s of the requested {seconds:.1f}s")
+    return sorted(chosen, key=lambda r: r.id)
+
+
+def make_subset(corpus_tsv, out_tsv, hours: float, scale: float, seed: int) -> dict:
+    """Subset one corpus split to `hours * scale` hours; audio paths are rewritten relative to
+    the new TSV's folder. Returns a summary (requested/actual seconds, utterances)."""
+    corpus_tsv, out_tsv = Path(corpus_tsv), Path(out_tsv)
+    rows = read_tsv(corpus_tsv)
+    seconds = hours * scale * 3600.0
+    available = sum(r.duration for r in rows)
+    if available < seconds:
+        raise ValueError(
+            f"{corpus_tsv}: holds {available:.1f}s of audio, fewer than the {seconds:.1f}s "
+            f"requested ({hours} h × scale {scale}); make the corpus larger"
+        )
+    chosen = subset_by_duration(rows, seconds, seed)
+    rel = os.path.relpath(corpus_tsv.parent, out_tsv.parent)
+    chosen = [
+        Utterance(r.id, os.path.normpath(os.path.join(rel, r.audio)), r.duration, r.sentence, r.translation)
+        for r in chosen
+    ]
+    write_tsv(chosen, out_tsv)
+    return {
+        "requested_seconds": seconds,
+        "seconds": sum(r.duration for r in chosen),
+        "utterances": len(chosen),
+    }
+
+
+def load_audio(tsv_path: str | Path, row: Utterance) -> np.ndarray:
+    """Load one utterance as float32 mono 16 kHz (resampling if the file differs)."""
+    import soundfile as sf
+
+    from .synth import TARGET_SR, resample
+
+    path = Path(tsv_path).parent / row.audio
+    try:
+        audio, sr = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"cannot read audio {path} (utterance {row.id} of {tsv_path}): {e}") from e
+    return resample(audio.mean(axis=1), sr, TARGET_SR)

@@ -1,0 +1,190 @@
+"""Models: build the synthetic base, load a pretrained Whisper, save and load model dirs.
+
+Every model in the workflow is a Hugging Face Whisper model dir (``config.json``,
+``model.safetensors``, ``generation_config.json`` and the processor files), so the
+synthetic preset and whisper-small share one code path: ``WhisperProcessor`` +
+``WhisperForConditionalGeneration`` + ``generate(language=..., task=...)``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+# Whisper's special tokens, in Whisper's order (language tokens in the middle).
+SOT = "<|startoftranscript|>"
+EOT = "<|endoftext|>"
+TRANSLATE = "<|translate|>"
+TRANSCRIBE = "<|transcribe|>"
+NO_TIMESTAMPS = "<|notimestamps|>"
+TASK_TOKENS = {"asr": TRANSCRIBE, "st": TRANSLATE}
+TASK_NAMES = {"asr": "transcribe", "st": "translate"}
+
+
+def lang_token(lang: str) -> str:
+    return f"<|{lang}|>"
+
+
+def build_tokenizer(texts, languages, vocab_size: int):
+    """A Whisper-format tokenizer: byte-level BPE trained on `texts`, plus Whisper's specials.
+
+    Returns a ``transformers.WhisperTokenizer`` whose special tokens and prefix handling
+    (``set_prefix_tokens(language=..., task=...)``) behave as whisper-small's.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import WhisperTokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[EOT],
+        show_progress=False,
+    )
+    # Whisper's targets start with a space (" text"); train on the same form.
+    bpe.train_from_iterator((" " + t.strip() for t in texts), trainer=trainer)
+    import json
+
+    model = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    tok = WhisperTokenizer(vocab=model["vocab"], merges=merges)
+    langs = ["en"] + [lang for lang in languages if lang != "en"]
+    specials = (
+        [SOT]
+        + [lang_token(x) for x in langs]
+        + [TRANSLATE, TRANSCRIBE, "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", NO_TIMESTAMPS]
+    )
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    return tok
+
+
+def generation_config_for(tokenizer, max_length: int):
+    """A GenerationConfig carrying what ``WhisperForConditionalGeneration.generate`` needs for
+    ``language=`` / ``task=`` (``lang_to_id``, ``task_to_id``, ``no_timestamps_token_id``)."""
+    from transformers import GenerationConfig
+
+    ids = tokenizer.convert_tokens_to_ids
+    lang_to_id = {
+        t: i
+        for t, i in sorted(tokenizer.get_added_vocab().items(), key=lambda kv: kv[1])
+        if re.fullmatch(r"<\|[a-z]{2,3}\|>", t)
+    }
+    eot = ids(EOT)
+    return GenerationConfig(
+        decoder_start_token_id=ids(SOT),
+        bos_token_id=eot,
+        eos_token_id=eot,
+        pad_token_id=eot,
+        max_length=max_length,
+        lang_to_id=lang_to_id,
+        task_to_id={"transcribe": ids(TRANSCRIBE), "translate": ids(TRANSLATE)},
+        no_timestamps_token_id=ids(NO_TIMESTAMPS),
+        is_multilingual=True,
+        begin_suppress_tokens=[eot],
+        suppress_tokens=[],
+        return_timestamps=False,
+    )
+
+
+def build_synthetic_base(tokenizer, arch: dict, chunk_seconds: int, seed: int):
+    """A small, randomly initialised Whisper-architecture model and its processor.
+
+    Input frames = 2 × ``max_source_positions`` (Whisper's stride-2 conv front end), so
+    ``max_source_positions = 50 × chunk_seconds`` at Whisper's 10 ms hop.
+    """
+    import torch
+    from transformers import (
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+    )
+
+    torch.manual_seed(seed)
+    ids = tokenizer.convert_tokens_to_ids
+    eot = ids(EOT)
+    config = WhisperConfig(
+        vocab_size=len(tokenizer),
+        num_mel_bins=arch["num_mel_bins"],
+        d_model=arch["d_model"],
+        encoder_layers=arch["encoder_layers"],
+        decoder_layers=arch["decoder_layers"],
+        encoder_attention_heads=arch["attention_heads"],
+        decoder_attention_heads=arch["attention_heads"],
+        encoder_ffn_dim=arch["ffn_dim"],
+        decoder_ffn_dim=arch["ffn_dim"],
+        max_source_positions=50 * chunk_seconds,
+        max_target_positions=arch["max_target_positions"],
+        decoder_start_token_id=ids(SOT),
+        pad_token_id=eot,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        dropout=arch.get("dropout", 0.0),
+        begin_suppress_tokens=None,
+        suppress_tokens=None,
+    )
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config = generation_config_for(tokenizer, arch["max_target_positions"])
+    fe = WhisperFeatureExtractor(
+        feature_size=arch["num_mel_bins"], sampling_rate=16_000, chunk_length=chunk_seconds
+    )
+    processor = WhisperProcessor(feature_extractor=fe, tokenizer=tokenizer)
+    return model, processor
+
+
+def load_pretrained(name_or_path: str, device: str | None = None):
+    """Load a Whisper model + processor by Hub name (e.g. ``openai/whisper-small``) or path."""
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    path = Path(name_or_path)
+    if path.exists() and not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path}: not a Hugging Face model dir (no config.json)")
+    processor = WhisperProcessor.from_pretrained(name_or_path)
+    model = WhisperForConditionalGeneration.from_pretrained(name_or_path)
+    if device:
+        model.to(device)
+    return model, processor
+
+
+def save_model_dir(model, processor, out_dir: str | Path) -> None:
+    """Save model + processor + generation config atomically (temp dir, then rename), so an
+    interrupted job never leaves a model dir Snakemake would take as complete."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def select_device(preference: str = "auto") -> str:
+    """``auto`` picks CUDA, then Apple MPS, then CPU."""
+    import torch
+
+    if preference != "auto":
+        return preference
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def autocast_dtype(device: str):
+    """bf16 where the GPU supports it, fp16 on other CUDA GPUs, none (fp32) on CPU."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None

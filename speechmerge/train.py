@@ -1,0 +1,174 @@
+"""Training: pre-training of the synthetic base and full-parameter fine-tuning.
+
+One loop serves both, as in the paper (section 4.2): Adam, a batch size, gradient
+accumulation, a number of epochs (or, for pre-training, of optimiser steps), a seed.
+Targets are built exactly as Whisper's: the decoder reads
+``<|startoftranscript|> <|lang|> <|task|> <|notimestamps|> text`` and predicts
+``text <|endoftext|>``; the forced prefix tokens are not scored.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .corpus import load_audio, read_tsv
+from .model import EOT, NO_TIMESTAMPS, SOT, TASK_TOKENS, autocast_dtype, lang_token
+
+log = logging.getLogger(__name__)
+
+FIELD = {"asr": "sentence", "st": "translation"}
+
+
+@dataclass
+class Example:
+    features: np.ndarray  # (mel, frames) float32
+    decoder_input_ids: list[int]
+    labels: list[int]
+
+
+def target_ids(tokenizer, text: str, lang: str, task: str) -> tuple[list[int], list[int]]:
+    """(decoder_input_ids, labels) for one utterance, with the prefix masked in labels."""
+    ids = tokenizer.convert_tokens_to_ids
+    prefix = [ids(SOT), ids(lang_token(lang)), ids(TASK_TOKENS[task]), ids(NO_TIMESTAMPS)]
+    text_ids = tokenizer.encode(" " + text.strip(), add_special_tokens=False)
+    full = prefix + text_ids + [ids(EOT)]
+    decoder_input_ids = full[:-1]
+    labels = [-100] * (len(prefix) - 1) + full[len(prefix) :]
+    return decoder_input_ids, labels
+
+
+def extract_features(processor, audios: list[np.ndarray], batch_size: int = 64) -> np.ndarray:
+    """Log-mel features padded/cut to the model's window: (n, mel, 2·max_source_positions)."""
+    out = []
+    for i in range(0, len(audios), batch_size):
+        feats = processor.feature_extractor(
+            audios[i : i + batch_size], sampling_rate=16_000, return_tensors="np"
+        ).input_features
+        out.append(feats.astype(np.float32))
+    return np.concatenate(out) if out else np.zeros((0, 0, 0), np.float32)
+
+
+def load_examples(processor, sources, progress: bool = True) -> list[Example]:
+    """`sources`: iterable of (tsv_path, lang, tasks). Audio is read and featurised once per
+    utterance and shared by its tasks."""
+    from tqdm import tqdm
+
+    examples = []
+    for tsv, lang, tasks in sources:
+        rows = read_tsv(tsv)
+        audios = [load_audio(tsv, r) for r in tqdm(rows, desc=f"load {tsv}", disable=not progress)]
+        feats = extract_features(processor, audios)
+        for row, f in zip(rows, feats):
+            for task in tasks:
+                dec, lab = target_ids(processor.tokenizer, getattr(row, FIELD[task]), lang, task)
+                examples.append(Example(f, dec, lab))
+    if not examples:
+        raise ValueError("no training examples (empty TSVs?)")
+    return examples
+
+
+def collate(batch: list[Example], pad_id: int):
+    import torch
+
+    n = max(len(e.labels) for e in batch)
+    feats = torch.from_numpy(np.stack([e.features for e in batch]))
+    dec = torch.full((len(batch), n), pad_id, dtype=torch.long)
+    lab = torch.full((len(batch), n), -100, dtype=torch.long)
+    for i, e in enumerate(batch):
+        dec[i, : len(e.decoder_input_ids)] = torch.tensor(e.decoder_input_ids)
+        lab[i, : len(e.labels)] = torch.tensor(e.labels)
+    return feats, dec, lab
+
+
+def train(
+    model,
+    processor,
+    examples: list[Example],
+    *,
+    lr: float,
+    batch_size: int,
+    grad_accum: int = 1,
+    epochs: float | None = None,
+    max_steps: int | None = None,
+    warmup_steps: int = 0,
+    schedule: str = "constant",
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    device: str = "cpu",
+    grad_checkpointing: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Full-parameter training with Adam. Either `epochs` or `max_steps` (optimiser steps)
+    bounds it. `schedule`: ``constant`` (the paper's fine-tuning) or ``cosine`` (used to
+    pre-train the synthetic base). Returns a summary (steps, final loss, seconds)."""
+    import torch
+    from tqdm import tqdm
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    model.to(device)
+    model.train()
+    if grad_checkpointing:
+        model.gradient_checkpointing_enable()
+    pad_id = processor.tokenizer.convert_tokens_to_ids(EOT)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    micro_per_epoch = math.ceil(len(examples) / batch_size)
+    steps_per_epoch = max(1, micro_per_epoch // grad_accum)
+    total = max_steps if max_steps is not None else int(round((epochs or 1) * steps_per_epoch))
+    total = max(1, total)
+
+    def lr_at(step: int) -> float:
+        if step < warmup_steps:
+            return lr * (step + 1) / warmup_steps
+        if schedule == "cosine":
+            frac = (step - warmup_steps) / max(1, total - warmup_steps)
+            return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+        return lr
+
+    amp = autocast_dtype(device)
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    rng = random.Random(seed)
+    order: list[int] = []
+    t0 = time.time()
+    ema = None
+    bar = tqdm(total=total, desc="train", disable=not progress, mininterval=5)
+    for step in range(total):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        for _ in range(grad_accum):
+            if len(order) < batch_size:
+                fresh = list(range(len(examples)))
+                rng.shuffle(fresh)
+                order.extend(fresh)
+            idx, order = order[:batch_size], order[batch_size:]
+            feats, dec, lab = collate([examples[i] for i in idx], pad_id)
+            feats, dec, lab = feats.to(device), dec.to(device), lab.to(device)
+            with torch.autocast(device.split(":")[0], dtype=amp, enabled=amp is not None):
+                loss = model(input_features=feats, decoder_input_ids=dec, labels=lab).loss
+            loss = loss / grad_accum
+            (scaler.scale(loss) if scaler else loss).backward()
+            value = loss.item() * grad_accum
+            ema = value if ema is None else 0.98 * ema + 0.02 * value
+        if scaler:
+            scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if scaler:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        bar.update(1)
+        bar.set_postfix(loss=f"{ema:.3f}")
+        if step % max(1, total // 20) == 0 or step == total - 1:
+            log.info("step %d/%d loss %.4f lr %.2e (%.0fs)", step + 1, total, ema, lr_at(step), time.time() - t0)
+    bar.close()
+    model.eval()
+    return {"steps": total, "loss": ema, "seconds": round(time.time() - t0, 1), "examples": len(examples)}
