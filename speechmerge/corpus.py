@@ -65,8 +65,8 @@ def partition_numbers(max_number: int, seed: int, dev_frac: float, test_frac: fl
     """Disjoint train/dev/test pools of the integers 0..max_number (seeded permutation)."""
     rng = np.random.default_rng(stable_seed(seed, "partition"))
     perm = rng.permutation(max_number + 1)
-    n_test = int(round(test_frac * perm.size))
-    n_dev = int(round(dev_frac * perm.size))
+    n_test = round(test_frac * perm.size)
+    n_dev = round(dev_frac * perm.size)
     return {
         "test": np.sort(perm[:n_test]),
         "dev": np.sort(perm[n_test : n_test + n_dev]),
@@ -111,7 +111,9 @@ def synthesize_language(lang: str, out_dir: str | Path, cfg: dict, seed: int, pr
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        pools = partition_numbers(cfg["max_number"], seed, cfg["dev_fraction"], cfg["test_fraction"])
+        pools = partition_numbers(
+            cfg["max_number"], seed, cfg["dev_fraction"], cfg["test_fraction"]
+        )
         pools["base"] = pools["train"]
         for split in SPLITS:
             domain = cfg["domains"]["base" if split == "base" else "target"]
@@ -138,7 +140,9 @@ def synthesize_language(lang: str, out_dir: str | Path, cfg: dict, seed: int, pr
                 rel = f"clips/{split}/{uid}.flac"
                 sf.write(tmp / rel, audio, 16_000, subtype="PCM_16")
                 rows.append(
-                    Utterance(uid, rel, round(audio.size / 16_000, 3), sentence, number_text(n, "en"))
+                    Utterance(
+                        uid, rel, round(audio.size / 16_000, 3), sentence, number_text(n, "en")
+                    )
                 )
             write_tsv(rows, tmp / f"{split}.tsv")
         if out_dir.exists():
@@ -203,8 +207,8 @@ def subset_by_duration(rows: list[Utterance], seconds: float, seed: int) -> list
         if total + rows[i].duration <= seconds:
             chosen.append(rows[i])
             total += rows[i].duration
-    available = sum(r.duration for r in rows)
-    if total < 0.9 * min(seconds, available):
+    longest = max((r.duration for r in rows), default=0.0)
+    if total < seconds - longest:
         raise ValueError(f"could only fill {total:.1f}s of the requested {seconds:.1f}s")
     return sorted(chosen, key=lambda r: r.id)
 
@@ -224,7 +228,13 @@ def make_subset(corpus_tsv, out_tsv, hours: float, scale: float, seed: int) -> d
     chosen = subset_by_duration(rows, seconds, seed)
     rel = os.path.relpath(corpus_tsv.parent, out_tsv.parent)
     chosen = [
-        Utterance(r.id, os.path.normpath(os.path.join(rel, r.audio)), r.duration, r.sentence, r.translation)
+        Utterance(
+            r.id,
+            os.path.normpath(os.path.join(rel, r.audio)),
+            r.duration,
+            r.sentence,
+            r.translation,
+        )
         for r in chosen
     ]
     write_tsv(chosen, out_tsv)
@@ -244,6 +254,6 @@ def load_audio(tsv_path: str | Path, row: Utterance) -> np.ndarray:
     path = Path(tsv_path).parent / row.audio
     try:
         audio, sr = sf.read(path, dtype="float32", always_2d=True)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ValueError(f"cannot read audio {path} (utterance {row.id} of {tsv_path}): {e}") from e
     return resample(audio.mean(axis=1), sr, TARGET_SR)

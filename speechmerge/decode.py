@@ -46,3 +46,65 @@ def decode_tsv(model, processor, tsv, lang: str, task: str, **kw) -> tuple[list,
     rows = read_tsv(tsv)
     audios = [load_audio(tsv, r) for r in rows]
     return rows, transcribe(model, processor, audios, lang, task, **kw)
+
+
+def score_model(
+    model_dir, jobs, decode_cfg: dict, device: str = "cpu", system: str = ""
+) -> list[dict]:
+    """Decode and score one model on several test sets.
+
+    `jobs`: list of (lang, task, test_tsv, out_json). Each out_json gets the score (WER or
+    BLEU, BLEU's signature), and a TSV twin ``*.hyp.tsv`` holds id, reference and hypothesis.
+    Files are written atomically.
+    """
+    import csv
+    import json
+    import os
+    import time
+    from pathlib import Path
+
+    from .metrics import score
+    from .model import load_pretrained
+    from .train import FIELD
+
+    model, processor = load_pretrained(str(model_dir), device=device)
+    results = []
+    for lang, task, tsv, out_json in jobs:
+        t0 = time.time()
+        rows, hyps = decode_tsv(
+            model,
+            processor,
+            tsv,
+            lang,
+            task,
+            beam_size=decode_cfg["beam_size"],
+            batch_size=decode_cfg["batch_size"],
+            max_new_tokens=decode_cfg["max_new_tokens"],
+            device=device,
+        )
+        refs = [getattr(r, FIELD[task]) for r in rows]
+        result = {
+            "system": system,
+            "model": str(model_dir),
+            "lang": lang,
+            "task": task,
+            "test_set": str(tsv),
+            "utterances": len(rows),
+            "beam_size": decode_cfg["beam_size"],
+            **score(task, refs, hyps),
+            "seconds": round(time.time() - t0, 2),
+        }
+        out_json = Path(out_json)
+        out_json.parent.mkdir(parents=True, exist_ok=True)
+        hyp_path = out_json.with_suffix(".hyp.tsv")
+        tmp = hyp_path.with_name(f".{hyp_path.name}.tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f, delimiter="\t", lineterminator="\n")
+            w.writerow(["id", "reference", "hypothesis"])
+            w.writerows([r.id, ref, hyp] for r, ref, hyp in zip(rows, refs, hyps))
+        os.replace(tmp, hyp_path)
+        tmp = out_json.with_name(f".{out_json.name}.tmp")
+        tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+        os.replace(tmp, out_json)
+        results.append(result)
+    return results

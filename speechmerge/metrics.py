@@ -52,7 +52,11 @@ def bleu(references: list[str], hypotheses: list[str]) -> tuple[float, str]:
 def score(task: str, references: list[str], hypotheses: list[str]) -> dict:
     """{'metric': 'wer'|'bleu', 'score': float, ...} for one (language, task) test set."""
     if task == "asr":
-        return {"metric": "wer", "score": wer(references, hypotheses), "normalizer": "speechmerge.metrics.normalize"}
+        return {
+            "metric": "wer",
+            "score": wer(references, hypotheses),
+            "normalizer": "speechmerge.metrics.normalize",
+        }
     if task == "st":
         value, sig = bleu(references, hypotheses)
         return {"metric": "bleu", "score": value, "signature": sig}

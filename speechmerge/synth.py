@@ -7,6 +7,7 @@ with a polyphase filter (`scipy.signal.resample_poly`, 320/441), as Whisper expe
 
 from __future__ import annotations
 
+import _ctypes
 import ctypes
 import threading
 from math import gcd
@@ -22,6 +23,7 @@ _ESPEAK_RATE = 1
 _ESPEAK_PITCH = 3
 _ESPEAK_RANGE = 4
 _ESPEAK_CHARS_UTF8 = 1
+_RAND_SEED = 0  # eSpeak NG's own noise generator, reseeded for every utterance
 
 # eSpeak NG's voice names for the paper's languages (+ English for reference).
 ESPEAK_VOICES = {
@@ -44,9 +46,18 @@ _SYNTH_CB = ctypes.CFUNCTYPE(
 
 
 class ESpeak:
-    """A process-wide eSpeak NG engine (the C library keeps global state)."""
+    """A process-wide eSpeak NG engine (the C library keeps global state).
 
-    _instance: "ESpeak | None" = None
+    eSpeak NG keeps synthesis state in C statics that its API cannot reset (e.g. the pitch
+    flutter phase in ``wavegen.c``), so the same call gives slightly different audio depending
+    on what was spoken before in the process, and it seeds its noise generator from the clock
+    at initialisation. To make every utterance depend only on its own arguments,
+    :meth:`synth` loads a fresh copy of the library (``dlopen``), seeds the noise generator
+    with a constant, speaks, and unloads the library again (``dlclose``); this costs a few
+    milliseconds per utterance.
+    """
+
+    _instance: ESpeak | None = None
     _lock = threading.Lock()
 
     def __init__(self) -> None:
@@ -57,25 +68,45 @@ class ESpeak:
             raise RuntimeError(
                 f"eSpeak NG data path is too long for the library's 160-byte buffer: {data_path}"
             )
-        self._lib = ctypes.CDLL(espeakng_loader.get_library_path())
-        self._lib.espeak_Initialize.restype = ctypes.c_int
-        self.sample_rate = self._lib.espeak_Initialize(
-            _AUDIO_OUTPUT_SYNCHRONOUS, 0, data_path.encode(), 0
-        )
-        if self.sample_rate <= 0:
-            raise RuntimeError(f"espeak_Initialize failed (data path {data_path})")
+        self._lib_path = espeakng_loader.get_library_path()
+        self._data_path = data_path
         self._chunks: list[np.ndarray] = []
 
-        def _callback(wav, n, _events):  # noqa: ANN001
+        def _callback(wav, n, _events):
             if n > 0:
                 self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
             return 0
 
         self._cb = _SYNTH_CB(_callback)  # keep a reference: ctypes callbacks must outlive C
-        self._lib.espeak_SetSynthCallback(self._cb)
+        lib, self.sample_rate = self._open()
+        self._close(lib)
+
+    def _open(self) -> tuple[ctypes.CDLL, int]:
+        """Load the library afresh (all C statics at their initial values) and initialise it."""
+        lib = ctypes.CDLL(self._lib_path)
+        lib.espeak_Initialize.restype = ctypes.c_int
+        sample_rate = lib.espeak_Initialize(
+            _AUDIO_OUTPUT_SYNCHRONOUS, 0, self._data_path.encode(), 0
+        )
+        if sample_rate <= 0:
+            self._close(lib, terminate=False)
+            raise RuntimeError(f"espeak_Initialize failed (data path {self._data_path})")
+        lib.espeak_SetSynthCallback(self._cb)
+        # Initialisation seeds eSpeak's noise generator (breathy voices such as f3) with
+        # time(NULL); reseed it with a constant.
+        lib.espeak_ng_SetRandSeed(ctypes.c_long(_RAND_SEED))
+        return lib, sample_rate
+
+    @staticmethod
+    def _close(lib: ctypes.CDLL, terminate: bool = True) -> None:
+        if terminate:
+            lib.espeak_Terminate()
+        unload = getattr(_ctypes, "dlclose", None) or getattr(_ctypes, "FreeLibrary", None)
+        if unload is not None:
+            unload(lib._handle)
 
     @classmethod
-    def get(cls) -> "ESpeak":
+    def get(cls) -> ESpeak:
         with cls._lock:
             if cls._instance is None:
                 cls._instance = ESpeak()
@@ -86,19 +117,25 @@ class ESpeak:
     ) -> np.ndarray:
         """Speak `text` in `lang`; returns float32 mono audio at eSpeak's native rate."""
         if lang not in ESPEAK_VOICES:
-            raise ValueError(f"no eSpeak voice for language {lang!r}; known: {sorted(ESPEAK_VOICES)}")
+            raise ValueError(
+                f"no eSpeak voice for language {lang!r}; known: {sorted(ESPEAK_VOICES)}"
+            )
         voice = ESPEAK_VOICES[lang] + (f"+{variant}" if variant else "")
         with self._lock:
-            if self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
-                raise ValueError(f"eSpeak NG has no voice {voice!r}")
-            self._lib.espeak_SetParameter(_ESPEAK_RATE, int(rate), 0)
-            self._lib.espeak_SetParameter(_ESPEAK_PITCH, int(pitch), 0)
-            self._chunks = []
-            data = text.encode("utf-8")
-            rc = self._lib.espeak_Synth(data, len(data) + 1, 0, 0, 0, _ESPEAK_CHARS_UTF8, None, None)
-            if rc != 0:
-                raise RuntimeError(f"espeak_Synth failed with code {rc} on {text!r} ({voice})")
-            chunks, self._chunks = self._chunks, []
+            lib, _ = self._open()
+            try:
+                if lib.espeak_SetVoiceByName(voice.encode()) != 0:
+                    raise ValueError(f"eSpeak NG has no voice {voice!r}")
+                lib.espeak_SetParameter(_ESPEAK_RATE, int(rate), 0)
+                lib.espeak_SetParameter(_ESPEAK_PITCH, int(pitch), 0)
+                self._chunks = []
+                data = text.encode("utf-8")
+                rc = lib.espeak_Synth(data, len(data) + 1, 0, 0, 0, _ESPEAK_CHARS_UTF8, None, None)
+                if rc != 0:
+                    raise RuntimeError(f"espeak_Synth failed with code {rc} on {text!r} ({voice})")
+                chunks, self._chunks = self._chunks, []
+            finally:
+                self._close(lib)
         if not chunks:
             return np.zeros(0, dtype=np.float32)
         return (np.concatenate(chunks).astype(np.float32) / 32768.0).astype(np.float32)

@@ -121,7 +121,7 @@ def train(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     micro_per_epoch = math.ceil(len(examples) / batch_size)
     steps_per_epoch = max(1, micro_per_epoch // grad_accum)
-    total = max_steps if max_steps is not None else int(round((epochs or 1) * steps_per_epoch))
+    total = max_steps if max_steps is not None else round((epochs or 1) * steps_per_epoch)
     total = max(1, total)
 
     def lr_at(step: int) -> float:
@@ -168,7 +168,96 @@ def train(
         bar.update(1)
         bar.set_postfix(loss=f"{ema:.3f}")
         if step % max(1, total // 20) == 0 or step == total - 1:
-            log.info("step %d/%d loss %.4f lr %.2e (%.0fs)", step + 1, total, ema, lr_at(step), time.time() - t0)
+            log.info(
+                "step %d/%d loss %.4f lr %.2e (%.0fs)",
+                step + 1,
+                total,
+                ema,
+                lr_at(step),
+                time.time() - t0,
+            )
     bar.close()
     model.eval()
-    return {"steps": total, "loss": ema, "seconds": round(time.time() - t0, 1), "examples": len(examples)}
+    return {
+        "steps": total,
+        "loss": ema,
+        "seconds": round(time.time() - t0, 1),
+        "examples": len(examples),
+    }
+
+
+def pretrain_synthetic_base(corpus_dirs: dict, cfg: dict, out_dir, seed: int, device: str = "cpu"):
+    """Build and pre-train the synthetic base (multilingual ASR + ST on the *base* domain).
+
+    `corpus_dirs`: {lang: corpus folder} of ``cfg['languages']``; `cfg` is
+    ``config['base']['synthetic']``. The tokenizer is trained on the base and train texts
+    (transcripts and translations); never on dev or test.
+    """
+    from .model import build_synthetic_base, build_tokenizer, save_model_dir
+
+    missing = [lang for lang in cfg["languages"] if lang not in corpus_dirs]
+    if missing:
+        raise ValueError(f"base.synthetic.languages {missing} have no corpus folder")
+    texts = []
+    for lang in cfg["languages"]:
+        for split in ("base", "train"):
+            for r in read_tsv(f"{corpus_dirs[lang]}/{split}.tsv"):
+                texts += [r.sentence, r.translation]
+    tokenizer = build_tokenizer(texts, cfg["languages"], cfg["vocab_size"])
+    model, processor = build_synthetic_base(tokenizer, cfg["arch"], cfg["chunk_seconds"], seed)
+    log.info(
+        "synthetic base: %.2fM parameters, vocab %d", model.num_parameters() / 1e6, len(tokenizer)
+    )
+    examples = load_examples(
+        processor,
+        [(f"{corpus_dirs[lang]}/base.tsv", lang, ["asr", "st"]) for lang in cfg["languages"]],
+    )
+    hp = cfg["train"]
+    summary = train(
+        model,
+        processor,
+        examples,
+        lr=hp["lr"],
+        batch_size=hp["batch_size"],
+        max_steps=hp["steps"],
+        warmup_steps=hp.get("warmup_steps", 0),
+        schedule="cosine",
+        seed=seed,
+        device=device,
+    )
+    model.to("cpu")
+    save_model_dir(model, processor, out_dir)
+    return summary
+
+
+def snapshot_pretrained(name_or_path: str, out_dir) -> dict:
+    """Copy a pretrained Whisper (Hub name or local dir) into `out_dir`, so every later job
+    reads one fixed local copy."""
+    from .model import load_pretrained, save_model_dir
+
+    model, processor = load_pretrained(name_or_path)
+    save_model_dir(model, processor, out_dir)
+    return {"source": name_or_path, "parameters": model.num_parameters()}
+
+
+def finetune(base_dir, train_tsv, lang: str, task: str, hp: dict, out_dir, seed: int, device="cpu"):
+    """Full-parameter fine-tuning of the base on one (language, task) (paper section 4.2)."""
+    from .model import load_pretrained, save_model_dir
+
+    model, processor = load_pretrained(str(base_dir))
+    examples = load_examples(processor, [(train_tsv, lang, [task])])
+    summary = train(
+        model,
+        processor,
+        examples,
+        lr=hp["lr"],
+        batch_size=hp["batch_size"],
+        grad_accum=hp["grad_accum"],
+        epochs=hp["epochs"],
+        seed=seed,
+        device=device,
+        grad_checkpointing=hp.get("gradient_checkpointing", False),
+    )
+    model.to("cpu")
+    save_model_dir(model, processor, out_dir)
+    return summary

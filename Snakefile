@@ -1,0 +1,29 @@
+# speechmerge: merge per-(language, task) fine-tuned Whisper models (LoRS-Merging and peers).
+# Reads like a table of contents; every stage lives in rules/<stage>.smk.
+from snakemake.utils import min_version, validate
+
+min_version("8.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "schemas/config.schema.yaml")
+
+
+report: "report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/corpus.smk"
+include: "rules/base.smk"
+include: "rules/finetune.smk"
+include: "rules/merge.smk"
+include: "rules/score.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_targets(),

@@ -1,0 +1,21 @@
+# Stage: the base model θ0 (pretrained here for the synthetic preset, else from_pretrained).
+
+
+rule base:
+    input:
+        unpack(base_corpora),
+    output:
+        directory(f"{R}/models/base"),
+    log:
+        "logs/base/base.log",
+    benchmark:
+        "benchmarks/base/base.tsv"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+    params:
+        base=config["base"],
+        seed=config["seed"],
+        device=config.get("device", "auto"),
+    script:
+        "../workflow_scripts/base.py"

@@ -1,0 +1,37 @@
+# Stage: corpus (per language) and duration-based subsets (per language).
+
+
+rule corpus_synthetic:
+    output:
+        directory(f"{R}/corpus/{{lang}}"),
+    log:
+        "logs/corpus/{lang}.log",
+    benchmark:
+        "benchmarks/corpus/{lang}.tsv"
+    params:
+        cfg=config.get("corpus", {}).get("synthetic"),
+        seed=config["seed"],
+    script:
+        "../workflow_scripts/corpus_synthetic.py"
+
+
+rule subset:
+    input:
+        corpus=lambda w: corpus_dir(w.lang),
+    output:
+        train=f"{R}/subsets/{{lang}}/train.tsv",
+        dev=f"{R}/subsets/{{lang}}/dev.tsv",
+        test=f"{R}/subsets/{{lang}}/test.tsv",
+        summary=f"{R}/subsets/{{lang}}/summary.json",
+    log:
+        "logs/subset/{lang}.log",
+    params:
+        hours=lambda w: {
+            "train": smcfg.train_hours(config, w.lang),
+            "dev": config["subset"]["dev_hours"],
+            "test": config["subset"]["test_hours"],
+        },
+        scale=config["subset"]["scale"],
+        seed=config["seed"],
+    script:
+        "../workflow_scripts/subset.py"

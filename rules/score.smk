@@ -1,0 +1,51 @@
+# Stage: decode the test sets and score them (WER for ASR, BLEU for ST).
+
+
+rule score_pretrained:
+    input:
+        model=f"{R}/models/base",
+        test=lambda w: subset_tsv(w.lang, "test"),
+    output:
+        f"{R}/scores/pretrained/{{lang}}-{{task}}.json",
+    log:
+        "logs/score/pretrained/{lang}-{task}.log",
+    threads: 1
+    resources:
+        gpu=1,
+    params:
+        pairs=lambda w: [(w.lang, w.task)],
+        decode=config["decode"],
+        device=config.get("device", "auto"),
+    script:
+        "../workflow_scripts/score.py"
+
+
+use rule score_pretrained as score_finetuned with:
+    input:
+        model=f"{R}/models/finetuned/{{lang}}-{{task}}",
+        test=lambda w: subset_tsv(w.lang, "test"),
+    output:
+        f"{R}/scores/finetuned/{{lang}}-{{task}}.json",
+    log:
+        "logs/score/finetuned/{lang}-{task}.log",
+
+
+rule score_merged:
+    input:
+        model=f"{R}/merged/{{setting}}/{{method}}",
+        test=setting_tests,
+    output:
+        directory(f"{R}/scores/merged/{{setting}}/{{method}}"),
+    log:
+        "logs/score/merged/{setting}/{method}.log",
+    benchmark:
+        "benchmarks/score/merged/{setting}/{method}.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+    params:
+        pairs=lambda w: SETTINGS[w.setting],
+        decode=config["decode"],
+        device=config.get("device", "auto"),
+    script:
+        "../workflow_scripts/score.py"

@@ -1,0 +1,127 @@
+"""Reading the workflow config: per-(language, task) values and the merge settings.
+
+Each helper reads only the entries of the job it serves, so a job's params change only when
+its own config entries do (adding a language never changes another language's params).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SETTINGS_HELP = {
+    "ml-asr": "multi-lingual ASR: the ASR task vectors of all languages",
+    "ml-st": "multi-lingual ST: the ST task vectors of all languages",
+    "mt": "multi-task, per language: that language's ASR and ST task vectors (mt-{lang})",
+    "mlmt": "multi-lingual multi-task: every (language, task) task vector",
+}
+
+
+def combo(lang: str, task: str) -> str:
+    return f"{lang}-{task}"
+
+
+def per_combination(section: dict, lang: str, task: str):
+    """``section['{lang}-{task}']`` if present, else ``section['default']``."""
+    return section.get(combo(lang, task), section["default"])
+
+
+def train_hours(config: dict, lang: str) -> float:
+    return config["subset"]["train_hours"].get(lang, config["subset"]["train_hours"]["default"])
+
+
+def finetune_hparams(config: dict, lang: str, task: str) -> dict:
+    ft = config["finetune"]
+    return {
+        "lr": per_combination(ft["lr"], lang, task),
+        "batch_size": ft["batch_size"],
+        "grad_accum": ft["grad_accum"],
+        "epochs": ft["epochs"],
+        "gradient_checkpointing": ft.get("gradient_checkpointing", False),
+    }
+
+
+def merge_settings(config: dict) -> dict[str, list[tuple[str, str]]]:
+    """{setting name: [(lang, task), ...]} for the configured settings.
+
+    ``mt`` expands to one setting per language (``mt-ca`` …). A setting that would merge a
+    single task vector (e.g. ``ml-asr`` with one language) is skipped: it is the fine-tuned
+    model itself.
+    """
+    langs, tasks = config["languages"], config["tasks"]
+    out: dict[str, list[tuple[str, str]]] = {}
+    for s in config["merge"]["settings"]:
+        if s in ("ml-asr", "ml-st"):
+            task = s.split("-")[1]
+            if task in tasks and len(langs) > 1:
+                out[s] = [(lang, task) for lang in langs]
+        elif s == "mt":
+            if len(tasks) > 1:
+                for lang in langs:
+                    out[f"mt-{lang}"] = [(lang, t) for t in tasks]
+        elif s == "mlmt":
+            if len(tasks) > 1 and len(langs) > 1:
+                out[s] = [(lang, t) for lang in langs for t in tasks]
+        else:
+            raise ValueError(
+                f"merge.settings: unknown setting {s!r}; known: {sorted(SETTINGS_HELP)}"
+            )
+    return out
+
+
+def setting_kind(setting: str) -> str:
+    return "mt" if setting.startswith("mt-") else setting
+
+
+def merge_lambda(config: dict, setting: str) -> float:
+    lam = config["merge"]["lambda"]
+    return lam.get(setting_kind(setting), lam["default"])
+
+
+def merge_params(config: dict, pairs: list[tuple[str, str]]) -> list[dict]:
+    """Each task vector's own (rank_ratio, keep_ratio), in the order of `pairs`."""
+    m = config["merge"]
+    return [
+        {
+            "rank_ratio": per_combination(m["rank_ratio"], lang, task),
+            "keep_ratio": per_combination(m["keep_ratio"], lang, task),
+        }
+        for lang, task in pairs
+    ]
+
+
+def check_languages(config: dict) -> None:
+    """Fail early, naming the key, where the config asks for what the source cannot give."""
+    if config["source"] == "synthetic" and config["base"]["source"] == "synthetic":
+        base_langs = config["base"]["synthetic"]["languages"]
+        extra = [lang for lang in config["languages"] if lang not in base_langs]
+        if extra:
+            raise ValueError(
+                f"config key 'languages': {extra} are not in 'base.synthetic.languages' "
+                f"{base_langs}; the synthetic base must be pretrained on every language"
+            )
+    if config["source"] == "synthetic" and "synthetic" not in config.get("corpus", {}):
+        raise ValueError("config key 'corpus.synthetic' is required when source is 'synthetic'")
+
+
+def load_config(path: str | Path) -> dict:
+    """Load a YAML config and validate it against ``schemas/config.schema.yaml`` (defaults
+    filled in). Errors name the offending key."""
+    import yaml
+
+    config = yaml.safe_load(Path(path).read_text())
+    validate_config(config)
+    return config
+
+
+def validate_config(config: dict) -> None:
+    import jsonschema
+    import yaml
+
+    schema_path = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
+    schema = yaml.safe_load(schema_path.read_text())
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=str)
+    if errors:
+        e = errors[0]
+        key = ".".join(map(str, e.absolute_path)) or "(top level)"
+        raise ValueError(f"config key '{key}': {e.message}")
+    check_languages(config)

@@ -1,0 +1,41 @@
+"""Logging for workflow jobs: everything a job prints (logging, tqdm bars, warnings) goes to
+its Snakemake log file, with a timing line at the end saying where the time went."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+
+
+@contextlib.contextmanager
+def job_log(path: str | None, threads: int | None = None):
+    """Send logging and stderr to `path` (append) for the duration of a job."""
+    stream = open(path, "a", buffering=1, encoding="utf-8") if path else sys.stderr  # noqa: SIM115
+    old_stderr = sys.stderr
+    sys.stderr = stream
+    root = logging.getLogger()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    t0 = time.time()
+    try:
+        yield logging.getLogger("speechmerge.job")
+    except BaseException:
+        logging.getLogger("speechmerge.job").exception("job failed after %.1fs", time.time() - t0)
+        raise
+    else:
+        logging.getLogger("speechmerge.job").info("job done in %.1fs", time.time() - t0)
+    finally:
+        root.removeHandler(handler)
+        sys.stderr = old_stderr
+        if path:
+            stream.close()

@@ -1,0 +1,143 @@
+"""The paper's tables from score files (pandas → CSV + a Markdown twin).
+
+Score files: ``{scores}/pretrained/{lang}-{task}.json``, ``{scores}/finetuned/{lang}-{task}.json``
+and ``{scores}/merged/{setting}/{method}/{lang}-{task}.json`` (see :func:`speechmerge.decode.score_model`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+METHOD_NAMES = {
+    "wa": "Weight Averaging",
+    "ta": "Task Arithmetic",
+    "mp": "MP-Merging",
+    "svp": "SVP-Merging",
+    "lors": "LoRS-Merging",
+}
+
+CAPTIONS = {
+    "table1": "Multi-lingual ASR model merging (WER ↓, %). Finetuned is the topline; Avg. averages WER directly.",
+    "table2": "Multi-lingual ST model merging (BLEU ↑). Finetuned is the topline; Avg. averages BLEU directly.",
+    "table3": "Multi-task model merging performed on each language independently; WER/BLEU averaged across languages.",
+    "table4": "Multi-lingual multi-task model merging (all task vectors). Avg. averages WER or BLEU directly.",
+    "table11": "Multi-task model merging, per-language detail of Table 3.",
+}
+
+
+def read_score(path: str | Path) -> float:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"score file missing: {path}")
+    data = json.loads(path.read_text())
+    if "score" not in data:
+        raise ValueError(f"{path}: no 'score' key")
+    return float(data["score"])
+
+
+class Scores:
+    """Lookup of score files under one `root`."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def pretrained(self, lang: str, task: str) -> float:
+        return read_score(self.root / "pretrained" / f"{lang}-{task}.json")
+
+    def finetuned(self, lang: str, task: str) -> float:
+        return read_score(self.root / "finetuned" / f"{lang}-{task}.json")
+
+    def merged(self, setting: str, method: str, lang: str, task: str) -> float:
+        return read_score(self.root / "merged" / setting / method / f"{lang}-{task}.json")
+
+
+def _per_language(rows: dict[str, dict[str, float]], langs: list[str]) -> pd.DataFrame:
+    df = pd.DataFrame.from_dict(rows, orient="index")[langs]
+    df["Avg."] = df[langs].mean(axis=1)
+    df.index.name = "System"
+    return df
+
+
+def _two_task(rows: dict[str, dict[tuple[str, str], float]], langs: list[str]) -> pd.DataFrame:
+    out = {}
+    for system, vals in rows.items():
+        rec = {}
+        for task, metric in (("asr", "WER"), ("st", "BLEU")):
+            xs = [vals[(lang, task)] for lang in langs]
+            rec.update({f"{metric} {lang}": x for lang, x in zip(langs, xs)})
+            rec[f"{metric} Avg."] = sum(xs) / len(xs)
+        out[system] = rec
+    df = pd.DataFrame.from_dict(out, orient="index")
+    df.index.name = "System"
+    return df
+
+
+def build_tables(config: dict, settings: dict, scores_root: str | Path) -> dict[str, pd.DataFrame]:
+    """The tables the configured settings can fill: table1 (ML ASR), table2 (ML ST),
+    table3/table11 (MT per language), table4 (ML + MT)."""
+    s = Scores(scores_root)
+    langs, methods = config["languages"], config["merge"]["methods"]
+    tables: dict[str, pd.DataFrame] = {}
+    for name, setting, task in (("table1", "ml-asr", "asr"), ("table2", "ml-st", "st")):
+        if setting not in settings:
+            continue
+        rows = {
+            "Pretrained": {lang: s.pretrained(lang, task) for lang in langs},
+            "Finetuned": {lang: s.finetuned(lang, task) for lang in langs},
+        }
+        for m in methods:
+            rows[METHOD_NAMES[m]] = {lang: s.merged(setting, m, lang, task) for lang in langs}
+        tables[name] = _per_language(rows, langs)
+    pairs = [(lang, t) for lang in langs for t in ("asr", "st")]
+    base_rows = {
+        "Pretrained": {p: s.pretrained(*p) for p in pairs},
+        "Finetuned": {p: s.finetuned(*p) for p in pairs},
+    }
+    if all(f"mt-{lang}" in settings for lang in langs):
+        rows = dict(base_rows)
+        for m in methods:
+            rows[METHOD_NAMES[m]] = {
+                (lang, t): s.merged(f"mt-{lang}", m, lang, t) for lang, t in pairs
+            }
+        detail = _two_task(rows, langs)
+        tables["table3"] = detail[["WER Avg.", "BLEU Avg."]].rename(
+            columns={"WER Avg.": "Avg. WER", "BLEU Avg.": "Avg. BLEU"}
+        )
+        tables["table11"] = detail
+    if "mlmt" in settings:
+        rows = dict(base_rows)
+        for m in methods:
+            rows[f"ML and MT {METHOD_NAMES[m]}"] = {p: s.merged("mlmt", m, *p) for p in pairs}
+        tables["table4"] = _two_task(rows, langs)
+    return tables
+
+
+def to_markdown(df: pd.DataFrame, title: str) -> str:
+    return f"{title}\n\n{df.round(2).to_markdown(floatfmt='.2f')}\n"
+
+
+def write_tables(config: dict, settings: dict, scores_root, csv_paths: list[str]) -> None:
+    """Write each requested ``tableN.csv`` and its ``tableN.md`` twin (atomically)."""
+    tables = build_tables(config, settings, scores_root)
+    for csv_path in map(Path, csv_paths):
+        name = csv_path.stem
+        if name not in tables:
+            raise ValueError(f"{csv_path}: the configured settings do not produce {name}")
+        df = tables[name]
+        if df.isna().any().any():
+            raise ValueError(f"{name}: empty cells in {df[df.isna().any(axis=1)].index.tolist()}")
+        title = (
+            f"**{name.replace('table', 'Table ')}** ({config.get('preset', '')}): {CAPTIONS[name]}"
+        )
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        for path, text in (
+            (csv_path, df.round(4).to_csv()),
+            (csv_path.with_suffix(".md"), to_markdown(df, title)),
+        ):
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)

@@ -1,0 +1,147 @@
+"""Workflow tests: the smoke preset through the real `snakemake` CLI, in a temp directory."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 600, **kw) -> subprocess.CompletedProcess:
+    cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False, **kw
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("smoke")
+    res = snakemake(workdir, "--cores", "2", "--configfile", str(REPO / "configs/smoke.yaml"))
+    assert res.returncode == 0, res.stderr[-5000:]
+    return workdir
+
+
+def test_smoke_tables_numeric(smoke_run: Path):
+    config = yaml.safe_load((REPO / "configs/smoke.yaml").read_text())
+    langs = config["languages"]
+    tables = {p.stem: p for p in (smoke_run / "results/tables").glob("*.csv")}
+    assert set(tables) == {"table1", "table2", "table3", "table4", "table11"}
+    for name, path in tables.items():
+        df = pd.read_csv(path, index_col=0)
+        assert len(df) >= 2 + len(config["merge"]["methods"]), name
+        assert df.map(lambda x: isinstance(x, float) and math.isfinite(x)).all().all(), name
+        assert (smoke_run / f"results/tables/{name}.md").read_text().count("|") > 10
+    t1 = pd.read_csv(tables["table1"], index_col=0)
+    assert list(t1.columns) == [*langs, "Avg."]
+    assert list(t1.index) == [
+        "Pretrained",
+        "Finetuned",
+        "Weight Averaging",
+        "Task Arithmetic",
+        "MP-Merging",
+        "SVP-Merging",
+        "LoRS-Merging",
+    ]
+    assert t1["Avg."].tolist() == pytest.approx(t1[langs].mean(axis=1).tolist())
+
+
+def test_smoke_scores_and_hypotheses(smoke_run: Path):
+    import json
+
+    score = json.loads((smoke_run / "results/scores/finetuned/ca-st.json").read_text())
+    assert score["metric"] == "bleu" and "nrefs:1" in score["signature"]
+    hyp = smoke_run / "results/scores/finetuned/ca-st.hyp.tsv"
+    assert hyp.read_text().splitlines()[0] == "id\treference\thypothesis"
+    merged = smoke_run / "results/scores/merged/mlmt/lors"
+    assert sorted(p.name for p in merged.glob("*.json")) == [
+        "ca-asr.json",
+        "ca-st.json",
+        "de-asr.json",
+        "de-st.json",
+    ]
+    info = json.loads((smoke_run / "results/merged/mlmt/lors/merge.json").read_text())
+    assert info["method"] == "lors"
+
+
+def test_smoke_rerun_is_noop(smoke_run: Path):
+    res = snakemake(smoke_run, "-n", "--configfile", str(REPO / "configs/smoke.yaml"))
+    assert res.returncode == 0, res.stderr
+    assert "Nothing to be done" in res.stdout + res.stderr
+
+
+def test_unknown_language_fails_at_start(tmp_path: Path):
+    res = snakemake(
+        tmp_path,
+        "-n",
+        "--configfile",
+        str(REPO / "configs/smoke.yaml"),
+        "--config",
+        "languages=[xx]",
+    )
+    assert res.returncode != 0
+    assert "languages" in res.stderr and "xx" in res.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_missing_key_fails_at_start(tmp_path: Path):
+    config = yaml.safe_load((REPO / "configs/smoke.yaml").read_text())
+    del config["finetune"]["lr"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    res = snakemake(tmp_path, "-n", "--configfile", str(bad))
+    assert res.returncode != 0
+    assert "lr" in res.stderr and "finetune" in res.stderr
+
+
+def test_killed_job_leaves_no_complete_output(tmp_path: Path):
+    """Kill the whole workflow (SIGKILL, no clean-up possible) while the base model is being
+    written/trained: the output folder must not exist, so Snakemake reruns the job."""
+    cmd = [
+        SNAKEMAKE,
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--cores",
+        "2",
+        "--configfile",
+        str(REPO / "configs/smoke.yaml"),
+        "--config",
+        (
+            "base={source: synthetic, synthetic: {languages: [ca, de], chunk_seconds: 3, "
+            "vocab_size: 300, arch: {num_mel_bins: 80, d_model: 32, encoder_layers: 1, "
+            "decoder_layers: 1, attention_heads: 2, ffn_dim: 64, max_target_positions: 32}, "
+            "train: {lr: 0.001, batch_size: 8, steps: 100000}}}"
+        ),
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    log = tmp_path / "logs/base/base.log"
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            if log.exists() and "train:" in log.read_text(errors="replace"):
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("base training never started")
+        time.sleep(2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (tmp_path / "results/models/base").exists()

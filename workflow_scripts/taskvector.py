@@ -1,0 +1,8 @@
+"""Rule taskvector: τ = θ_ft − θ0, as safetensors."""
+
+from speechmerge.logutil import job_log
+from speechmerge.taskvector import compute_task_vector
+
+sm = snakemake  # noqa: F821
+with job_log(sm.log[0]):
+    compute_task_vector(sm.input.base, sm.input.finetuned, sm.output[0])
