@@ -32,10 +32,20 @@ def build_tokenizer(texts, languages, vocab_size: int):
     """A Whisper-format tokenizer: byte-level BPE trained on `texts`, plus Whisper's specials.
 
     Returns a ``transformers.WhisperTokenizer`` whose special tokens and prefix handling
-    (``set_prefix_tokens(language=..., task=...)``) behave as whisper-small's.
+    (``set_prefix_tokens(language=..., task=...)``) behave as whisper-small's. That handling
+    computes a language's token id as ``id(<|startoftranscript|>) + 1 + (its index in
+    Whisper's language list)``, so, as in whisper-small, a token for every Whisper language
+    follows ``<|startoftranscript|>`` in Whisper's order (``<|en|>``, ``<|zh|>``, ``<|de|>``
+    …), whatever `languages` holds; `languages` must all be Whisper languages.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import WhisperTokenizer
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES as WHISPER_LANGUAGES
+
+    whisper_langs = list(WHISPER_LANGUAGES)
+    unknown = [lang for lang in languages if lang not in whisper_langs]
+    if unknown:
+        raise ValueError(f"languages {unknown} are not Whisper languages: {whisper_langs}")
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -53,13 +63,15 @@ def build_tokenizer(texts, languages, vocab_size: int):
     model = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     tok = WhisperTokenizer(vocab=model["vocab"], merges=merges)
-    langs = ["en"] + [lang for lang in languages if lang != "en"]
     specials = (
         [SOT]
-        + [lang_token(x) for x in langs]
+        + [lang_token(x) for x in whisper_langs]
         + [TRANSLATE, TRANSCRIBE, "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", NO_TIMESTAMPS]
     )
     tok.add_special_tokens({"additional_special_tokens": specials})
+    sot = tok.convert_tokens_to_ids(SOT)
+    if tok.convert_tokens_to_ids(specials) != list(range(sot, sot + len(specials))):
+        raise RuntimeError("Whisper's special tokens did not get consecutive ids")
     return tok
 
 

@@ -1,0 +1,192 @@
+"""Tests for speechmerge.config (schema validation and per-job config helpers)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from speechmerge.config import (
+    finetune_hparams,
+    load_config,
+    merge_lambda,
+    merge_params,
+    merge_settings,
+    per_combination,
+    setting_kind,
+    train_hours,
+    validate_config,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def smoke_config() -> dict:
+    return load_config(ROOT / "configs" / "smoke.yaml")
+
+
+@pytest.fixture
+def smoke(smoke_config) -> dict:
+    return copy.deepcopy(smoke_config)
+
+
+@pytest.mark.parametrize("path", ["config.yaml", "configs/smoke.yaml"])
+def test_shipped_configs_validate(path):
+    config = load_config(ROOT / path)
+    assert config["languages"]
+    validate_config(config)
+
+
+def test_load_config_accepts_str_path():
+    assert load_config(str(ROOT / "configs" / "smoke.yaml"))["preset"] == "smoke"
+
+
+def raises(config: dict, *fragments: str) -> str:
+    with pytest.raises(ValueError) as err:
+        validate_config(config)
+    msg = str(err.value)
+    for f in fragments:
+        assert f in msg, msg
+    return msg
+
+
+def test_unknown_language(smoke):
+    smoke["languages"] = ["xx"]
+    raises(smoke, "languages", "xx")
+
+
+def test_missing_finetune_lr(smoke):
+    del smoke["finetune"]["lr"]
+    raises(smoke, "finetune", "lr")
+
+
+def test_missing_lr_default(smoke):
+    del smoke["finetune"]["lr"]["default"]
+    raises(smoke, "finetune.lr", "default")
+
+
+def test_unknown_top_level_key(smoke):
+    smoke["lerning_rate"] = 1e-4
+    raises(smoke, "lerning_rate")
+
+
+def test_unknown_nested_key(smoke):
+    smoke["merge"]["lamda"] = {"default": 0.3}
+    raises(smoke, "merge", "lamda")
+
+
+def test_bad_override_key(smoke):
+    smoke["finetune"]["lr"]["de-mt"] = 1e-4
+    raises(smoke, "finetune.lr", "de-mt")
+
+
+@pytest.mark.parametrize(
+    "section,key,value",
+    [
+        ("merge", "keep_ratio", {"default": 1.5}),
+        ("merge", "rank_ratio", {"default": 0}),
+        ("merge", "settings", ["ml-asr", "everything"]),
+        ("merge", "methods", []),
+        ("decode", "beam_size", 0),
+        ("subset", "scale", 2),
+    ],
+)
+def test_out_of_range_values(smoke, section, key, value):
+    smoke[section][key] = value
+    raises(smoke, f"{section}.{key}")
+
+
+def test_language_not_in_synthetic_base(smoke):
+    smoke["languages"] = ["ca", "de", "es"]
+    raises(smoke, "base.synthetic.languages", "es")
+
+
+def test_synthetic_source_needs_corpus_section(smoke):
+    del smoke["corpus"]
+    raises(smoke, "corpus.synthetic")
+
+
+def test_pretrained_base_may_have_any_language(smoke):
+    smoke["languages"] = ["ca", "de", "es"]
+    smoke["base"] = {"source": "pretrained", "pretrained": "openai/whisper-small"}
+    validate_config(smoke)
+
+
+def test_merge_settings(smoke):
+    assert merge_settings(smoke) == {
+        "ml-asr": [("ca", "asr"), ("de", "asr")],
+        "ml-st": [("ca", "st"), ("de", "st")],
+        "mt-ca": [("ca", "asr"), ("ca", "st")],
+        "mt-de": [("de", "asr"), ("de", "st")],
+        "mlmt": [("ca", "asr"), ("ca", "st"), ("de", "asr"), ("de", "st")],
+    }
+
+
+def test_merge_settings_skip_single_task_vector(smoke):
+    smoke["languages"] = ["ca"]
+    assert merge_settings(smoke) == {"mt-ca": [("ca", "asr"), ("ca", "st")]}
+    smoke["languages"] = ["ca", "de"]
+    smoke["tasks"] = ["asr"]
+    assert merge_settings(smoke) == {"ml-asr": [("ca", "asr"), ("de", "asr")]}
+
+
+def test_merge_settings_unknown(smoke):
+    smoke["merge"]["settings"] = ["everything"]
+    with pytest.raises(ValueError, match="everything"):
+        merge_settings(smoke)
+
+
+def test_per_combination_overrides(smoke):
+    lr = smoke["finetune"]["lr"]
+    assert per_combination(lr, "de", "st") == 5e-5
+    assert per_combination(lr, "de", "asr") == 1e-4
+    assert per_combination(lr, "ca", "st") == 1e-4
+    assert finetune_hparams(smoke, "de", "st") == {
+        "lr": 5e-5,
+        "batch_size": 8,
+        "grad_accum": 1,
+        "epochs": 1,
+        "gradient_checkpointing": False,
+    }
+    assert finetune_hparams(smoke, "ca", "asr")["lr"] == 1e-4
+
+
+def test_train_hours(smoke):
+    assert train_hours(smoke, "ca") == 5
+    smoke["subset"]["train_hours"]["de"] = 1
+    assert train_hours(smoke, "de") == 1
+    assert train_hours(smoke, "ca") == 5
+
+
+def test_merge_lambda(smoke):
+    assert setting_kind("mt-ca") == "mt"
+    assert merge_lambda(smoke, "mt-ca") == 0.5
+    assert merge_lambda(smoke, "mt-de") == 0.5
+    assert merge_lambda(smoke, "ml-asr") == 0.3
+    assert merge_lambda(smoke, "mlmt") == 0.3
+
+
+def test_merge_params(smoke):
+    pairs = [("ca", "asr"), ("ca", "st"), ("de", "asr"), ("de", "st")]
+    assert merge_params(smoke, pairs) == [
+        {"rank_ratio": 0.1, "keep_ratio": 0.4},
+        {"rank_ratio": 0.05, "keep_ratio": 0.4},
+        {"rank_ratio": 0.05, "keep_ratio": 0.4},
+        {"rank_ratio": 0.05, "keep_ratio": 0.6},
+    ]
+    assert merge_params(smoke, [("de", "st"), ("ca", "asr")]) == [
+        {"rank_ratio": 0.05, "keep_ratio": 0.6},
+        {"rank_ratio": 0.1, "keep_ratio": 0.4},
+    ]
+
+
+def test_helpers_read_only_their_own_entries(smoke):
+    # Adding a language must not change another language's params.
+    before = merge_params(smoke, [("ca", "asr")]), finetune_hparams(smoke, "ca", "asr")
+    smoke["languages"].append("es")
+    smoke["finetune"]["lr"]["es-asr"] = 3e-4
+    smoke["merge"]["rank_ratio"]["es-asr"] = 0.2
+    after = merge_params(smoke, [("ca", "asr")]), finetune_hparams(smoke, "ca", "asr")
+    assert before == after
