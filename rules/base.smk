@@ -10,6 +10,8 @@ rule base:
         "logs/base/base.log",
     benchmark:
         "benchmarks/base/base.tsv"
+    conda:
+        "../envs/speechmerge.yaml"
     threads: workflow.cores
     resources:
         gpu=1,

@@ -1,5 +1,6 @@
 # Path helpers and per-job config lookups. Every helper reads only its own job's entries
 # (speechmerge.config), so adding a language never changes another job's params.
+import os
 import re
 
 from speechmerge import config as smcfg

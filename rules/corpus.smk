@@ -8,6 +8,8 @@ rule corpus_synthetic:
         "logs/corpus/{lang}.log",
     benchmark:
         "benchmarks/corpus/{lang}.tsv"
+    conda:
+        "../envs/speechmerge.yaml"
     params:
         cfg=config.get("corpus", {}).get("synthetic"),
         seed=config["seed"],
@@ -25,6 +27,8 @@ rule subset:
         summary=f"{R}/subsets/{{lang}}/summary.json",
     log:
         "logs/subset/{lang}.log",
+    conda:
+        "../envs/speechmerge.yaml"
     params:
         hours=lambda w: {
             "train": smcfg.train_hours(config, w.lang),

@@ -11,6 +11,8 @@ rule finetune:
         "logs/finetune/{lang}-{task}.log",
     benchmark:
         "benchmarks/finetune/{lang}-{task}.tsv"
+    conda:
+        "../envs/speechmerge.yaml"
     threads: 1
     resources:
         gpu=1,
@@ -30,5 +32,7 @@ rule taskvector:
         f"{R}/taskvectors/{{lang}}-{{task}}.safetensors",
     log:
         "logs/taskvector/{lang}-{task}.log",
+    conda:
+        "../envs/speechmerge.yaml"
     script:
         "../workflow_scripts/taskvector.py"

@@ -11,6 +11,8 @@ rule merge:
         "logs/merge/{setting}/{method}.log",
     benchmark:
         "benchmarks/merge/{setting}/{method}.tsv"
+    conda:
+        "../envs/speechmerge.yaml"
     params:
         lam=lambda w: smcfg.merge_lambda(config, w.setting),
         params=lambda w: smcfg.merge_params(config, SETTINGS[w.setting]),

@@ -13,9 +13,11 @@ rule tables:
         md=expand(f"{R}/tables/{{name}}.md", name=table_names()),
     log:
         "logs/report/tables.log",
+    conda:
+        "../envs/speechmerge.yaml"
     params:
         config=config,
-        scores=f"{R}/scores",
+        scores=lambda w, input: os.path.commonpath(list(input)),
         settings=SETTINGS,
     script:
         "../workflow_scripts/tables.py"

@@ -9,6 +9,8 @@ rule score_pretrained:
         f"{R}/scores/pretrained/{{lang}}-{{task}}.json",
     log:
         "logs/score/pretrained/{lang}-{task}.log",
+    conda:
+        "../envs/speechmerge.yaml"
     threads: 1
     resources:
         gpu=1,
@@ -40,6 +42,8 @@ rule score_merged:
         "logs/score/merged/{setting}/{method}.log",
     benchmark:
         "benchmarks/score/merged/{setting}/{method}.tsv"
+    conda:
+        "../envs/speechmerge.yaml"
     threads: 1
     resources:
         gpu=1,
