@@ -1,20 +1,39 @@
 # Stage: corpus (per language) and duration-based subsets (per language).
 
 
-rule corpus_synthetic:
-    output:
-        directory(f"{R}/corpus/{{lang}}"),
-    log:
-        "logs/corpus/{lang}.log",
-    benchmark:
-        "benchmarks/corpus/{lang}.tsv"
-    conda:
-        "../envs/speechmerge.yaml"
-    params:
-        cfg=config.get("corpus", {}).get("synthetic"),
-        seed=config["seed"],
-    script:
-        "../workflow_scripts/corpus_synthetic.py"
+# Exactly one corpus rule exists, the one of config["source"]; both write corpus/{lang}.
+if config["source"] == "covost2":
+
+    rule corpus_covost2:
+        output:
+            directory(f"{R}/corpus/{{lang}}"),
+        log:
+            "logs/corpus/{lang}.log",
+        benchmark:
+            "benchmarks/corpus/{lang}.tsv"
+        conda:
+            "../envs/speechmerge.yaml"
+        params:
+            cfg=config.get("corpus", {}).get("covost2", {}),
+        script:
+            "../workflow_scripts/corpus_covost2.py"
+
+else:
+
+    rule corpus_synthetic:
+        output:
+            directory(f"{R}/corpus/{{lang}}"),
+        log:
+            "logs/corpus/{lang}.log",
+        benchmark:
+            "benchmarks/corpus/{lang}.tsv"
+        conda:
+            "../envs/speechmerge.yaml"
+        params:
+            cfg=config.get("corpus", {}).get("synthetic"),
+            seed=config["seed"],
+        script:
+            "../workflow_scripts/corpus_synthetic.py"
 
 
 rule subset:

@@ -101,6 +101,35 @@ def check_languages(config: dict) -> None:
             )
     if config["source"] == "synthetic" and "synthetic" not in config.get("corpus", {}):
         raise ValueError("config key 'corpus.synthetic' is required when source is 'synthetic'")
+    if config["source"] == "covost2":
+        check_covost2(config)
+
+
+def check_covost2(config: dict) -> None:
+    """CoVoST-2 needs a pretrained base (a real Whisper), and enough audio per split for the
+    subsets the config asks for."""
+    if config["base"]["source"] != "pretrained":
+        raise ValueError(
+            "config key 'base.source' must be 'pretrained' when source is 'covost2' (the "
+            "synthetic base knows only the synthetic benchmark); set base.pretrained, e.g. "
+            "openai/whisper-small"
+        )
+    cap = config.get("corpus", {}).get("covost2", {}).get("max_hours_per_split")
+    if cap:
+        sub = config["subset"]
+        need = (
+            max(
+                max(train_hours(config, lang) for lang in config["languages"]),
+                sub["dev_hours"],
+                sub["test_hours"],
+            )
+            * sub["scale"]
+        )
+        if cap < need:
+            raise ValueError(
+                f"config key 'corpus.covost2.max_hours_per_split': {cap} h is less than the "
+                f"{need:g} h the subsets need (subset.*_hours × subset.scale)"
+            )
 
 
 def load_config(path: str | Path) -> dict:

@@ -157,7 +157,12 @@ def load_pretrained(name_or_path: str, device: str | None = None):
     if path.exists() and not (path / "config.json").exists():
         raise FileNotFoundError(f"{path}: not a Hugging Face model dir (no config.json)")
     processor = WhisperProcessor.from_pretrained(name_or_path)
-    model = WhisperForConditionalGeneration.from_pretrained(name_or_path)
+    try:  # PyTorch's fused scaled-dot-product attention (flash / memory-efficient on GPUs)
+        model = WhisperForConditionalGeneration.from_pretrained(
+            name_or_path, attn_implementation="sdpa"
+        )
+    except (ValueError, ImportError):  # a transformers or torch build without SDPA support
+        model = WhisperForConditionalGeneration.from_pretrained(name_or_path)
     if device:
         model.to(device)
     return model, processor
