@@ -30,6 +30,7 @@ class Example:
     features: np.ndarray  # (mel, frames) float32
     decoder_input_ids: list[int]
     labels: list[int]
+    ctc_targets: list[int] | None = None  # ASR text tokens (pre-training's auxiliary CTC)
 
 
 def target_ids(tokenizer, text: str, lang: str, task: str) -> tuple[list[int], list[int]]:
@@ -67,7 +68,8 @@ def load_examples(processor, sources, progress: bool = True) -> list[Example]:
         for row, f in zip(rows, feats):
             for task in tasks:
                 dec, lab = target_ids(processor.tokenizer, getattr(row, FIELD[task]), lang, task)
-                examples.append(Example(f, dec, lab))
+                ctc = [t for t in lab if t >= 0][:-1] if task == "asr" else None
+                examples.append(Example(f, dec, lab, ctc))
     if not examples:
         raise ValueError("no training examples (empty TSVs?)")
     return examples
@@ -86,6 +88,21 @@ def collate(batch: list[Example], pad_id: int):
     return feats, dec, lab
 
 
+def _ctc_loss(head, encoder_states, batch: list[Example]):
+    import torch
+
+    rows = [i for i, e in enumerate(batch) if e.ctc_targets]
+    if not rows:
+        return encoder_states.sum() * 0.0
+    logp = head(encoder_states[rows]).float().log_softmax(-1).transpose(0, 1)  # (T, B, V)
+    targets = torch.cat([torch.tensor(batch[i].ctc_targets) for i in rows]).to(logp.device)
+    t_len = torch.full((len(rows),), logp.shape[0], dtype=torch.long)
+    y_len = torch.tensor([len(batch[i].ctc_targets) for i in rows])
+    return torch.nn.functional.ctc_loss(
+        logp, targets, t_len, y_len, blank=logp.shape[-1] - 1, zero_infinity=True
+    )
+
+
 def train(
     model,
     processor,
@@ -102,11 +119,15 @@ def train(
     seed: int = 0,
     device: str = "cpu",
     grad_checkpointing: bool = False,
+    ctc_weight: float = 0.0,
     progress: bool = True,
 ) -> dict:
     """Full-parameter training with Adam. Either `epochs` or `max_steps` (optimiser steps)
     bounds it. `schedule`: ``constant`` (the paper's fine-tuning) or ``cosine`` (used to
-    pre-train the synthetic base). Returns a summary (steps, final loss, seconds)."""
+    pre-train the synthetic base). `ctc_weight` > 0 adds an auxiliary CTC loss on the encoder
+    output for ASR examples (a throw-away linear head; it speeds up learning the audio-text
+    alignment when pre-training from scratch and is not part of the saved model).
+    Returns a summary (steps, final loss, seconds)."""
     import torch
     from tqdm import tqdm
 
@@ -118,7 +139,14 @@ def train(
     if grad_checkpointing:
         model.gradient_checkpointing_enable()
     pad_id = processor.tokenizer.convert_tokens_to_ids(EOT)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    params = list(model.parameters())
+    ctc_head = None
+    if ctc_weight > 0:
+        vocab = model.config.vocab_size
+        ctc_head = torch.nn.Linear(model.config.d_model, vocab + 1).to(device)  # blank = vocab
+        params += list(ctc_head.parameters())
+    # Adam (the paper's optimiser); AdamW with weight_decay 0 is exactly Adam.
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     micro_per_epoch = math.ceil(len(examples) / batch_size)
     steps_per_epoch = max(1, micro_per_epoch // grad_accum)
     total = max_steps if max_steps is not None else round((epochs or 1) * steps_per_epoch)
@@ -151,7 +179,12 @@ def train(
             feats, dec, lab = collate([examples[i] for i in idx], pad_id)
             feats, dec, lab = feats.to(device), dec.to(device), lab.to(device)
             with torch.autocast(device.split(":")[0], dtype=amp, enabled=amp is not None):
-                loss = model(input_features=feats, decoder_input_ids=dec, labels=lab).loss
+                out = model(input_features=feats, decoder_input_ids=dec, labels=lab)
+                loss = out.loss
+                if ctc_head is not None:
+                    loss = loss + ctc_weight * _ctc_loss(
+                        ctc_head, out.encoder_last_hidden_state, [examples[i] for i in idx]
+                    )
             loss = loss / grad_accum
             (scaler.scale(loss) if scaler else loss).backward()
             value = loss.item() * grad_accum
@@ -224,6 +257,7 @@ def pretrain_synthetic_base(corpus_dirs: dict, cfg: dict, out_dir, seed: int, de
         schedule="cosine",
         seed=seed,
         device=device,
+        ctc_weight=hp.get("ctc_weight", 0.0),
     )
     model.to("cpu")
     save_model_dir(model, processor, out_dir)

@@ -83,6 +83,51 @@ def test_smoke_rerun_is_noop(smoke_run: Path):
     assert "Nothing to be done" in res.stdout + res.stderr
 
 
+def planned_jobs(stdout: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, wildcards) of every job in a `snakemake -n` listing."""
+    jobs, rule = [], None
+    for line in stdout.splitlines():
+        line = line.strip()
+        if line.startswith(("rule ", "localrule ")) and line.endswith(":"):
+            rule = line.split()[1].rstrip(":")
+            jobs.append((rule, {}))
+        elif line.startswith("wildcards:") and jobs:
+            for kv in line[len("wildcards:") :].split(","):
+                k, _, v = kv.strip().partition("=")
+                jobs[-1][1][k] = v
+    return jobs
+
+
+def test_adding_a_language_reruns_only_what_depends_on_it(smoke_run: Path):
+    """After a complete run, adding `es` plans es's subset/fine-tunes/task vectors plus the
+    merges, scores and tables that include it; no other language's fine-tune or task vector."""
+    res = snakemake(
+        smoke_run,
+        "-n",
+        "--configfile",
+        str(REPO / "configs/smoke.yaml"),
+        "--config",
+        "languages=[ca,de,es]",
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    jobs = planned_jobs(res.stdout)
+    assert jobs, res.stdout[-3000:]
+    by_rule: dict[str, list[dict]] = {}
+    for rule, wc in jobs:
+        by_rule.setdefault(rule, []).append(wc)
+    assert sorted(wc["task"] for wc in by_rule["finetune"]) == ["asr", "st"]
+    assert {wc["lang"] for wc in by_rule["finetune"]} == {"es"}
+    assert {wc["lang"] for wc in by_rule["taskvector"]} == {"es"}
+    assert {wc["lang"] for wc in by_rule["subset"]} == {"es"}
+    assert "base" not in by_rule and "corpus_synthetic" not in by_rule
+    assert {wc["lang"] for wc in by_rule["score_finetuned"]} == {"es"}
+    assert {wc["lang"] for wc in by_rule["score_pretrained"]} == {"es"}
+    # merges: every setting containing es, and none that does not (mt-ca, mt-de)
+    settings = {wc["setting"] for wc in by_rule["merge"]}
+    assert settings == {"ml-asr", "ml-st", "mt-es", "mlmt"}
+    assert "tables" in by_rule
+
+
 def test_unknown_language_fails_at_start(tmp_path: Path):
     res = snakemake(
         tmp_path,
