@@ -23,12 +23,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import atomic_dir
 
 COLUMNS = ["id", "audio", "duration", "sentence", "translation"]
 SPLITS = ["base", "train", "dev", "test"]
@@ -107,10 +107,7 @@ def synthesize_language(lang: str, out_dir: str | Path, cfg: dict, seed: int, pr
 
     from .synth import speak
 
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         pools = partition_numbers(
             cfg["max_number"], seed, cfg["dev_fraction"], cfg["test_fraction"]
         )
@@ -145,12 +142,6 @@ def synthesize_language(lang: str, out_dir: str | Path, cfg: dict, seed: int, pr
                     )
                 )
             write_tsv(rows, tmp / f"{split}.tsv")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_tsv(rows: list[Utterance], path: str | Path) -> None:

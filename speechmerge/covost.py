@@ -39,15 +39,13 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_dir
 from .corpus import LANGUAGES, Utterance, write_tsv
 
 log = logging.getLogger(__name__)
@@ -284,20 +282,11 @@ def write_covost_language(lang: str, out_dir, cfg: dict | None, progress: bool =
     CoVoST-2 (``cfg`` = the ``corpus.covost2`` config section). Atomic: written into a
     temporary sibling folder, then renamed into place. Returns {split: summary}."""
     cfg = settings(cfg)
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         summary = {
             SPLITS[split]: write_split(
                 iter_examples(lang, split, cfg), lang, split, tmp, cfg, progress
             )
             for split in SPLITS
         }
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary

@@ -8,11 +8,10 @@ synthetic preset and whisper-small share one code path: ``WhisperProcessor`` +
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
+
+from .atomic import atomic_dir
 
 # Whisper's special tokens, in Whisper's order (language tokens in the middle).
 SOT = "<|startoftranscript|>"
@@ -171,18 +170,9 @@ def load_pretrained(name_or_path: str, device: str | None = None):
 def save_model_dir(model, processor, out_dir: str | Path) -> None:
     """Save model + processor + generation config atomically (temp dir, then rename), so an
     interrupted job never leaves a model dir Snakemake would take as complete."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def select_device(preference: str = "auto") -> str:
