@@ -77,13 +77,25 @@ def merge_lambda(config: dict, setting: str) -> float:
     return lam.get(setting_kind(setting), lam["default"])
 
 
+#: Methods whose optional hyper-parameter sections ``merge.<method>`` are passed through.
+METHOD_PARAM_SECTIONS = ("ties", "dare", "tsvm", "iso_cts", "cart")
+
+
 def merge_params(config: dict, pairs: list[tuple[str, str]]) -> list[dict]:
-    """Each task vector's own (rank_ratio, keep_ratio), in the order of `pairs`."""
+    """Each task vector's own (rank_ratio, keep_ratio), in the order of `pairs`.
+
+    Configured per-method sections (``merge.ties``, ``merge.dare``, ``merge.tsvm``,
+    ``merge.iso_cts``, ``merge.cart``) are added to every dict under the method's name, e.g.
+    ``{"rank_ratio": 0.05, "keep_ratio": 0.4, "ties": {"keep_ratio": 0.2}}``; the merge
+    methods read their own section first (``speechmerge.merge.method_param``).
+    """
     m = config["merge"]
+    sections = {k: dict(m[k]) for k in METHOD_PARAM_SECTIONS if m.get(k)}
     return [
         {
             "rank_ratio": per_combination(m["rank_ratio"], lang, task),
             "keep_ratio": per_combination(m["keep_ratio"], lang, task),
+            **{k: dict(v) for k, v in sections.items()},
         }
         for lang, task in pairs
     ]

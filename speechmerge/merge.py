@@ -17,15 +17,30 @@ tensors use plain task arithmetic with the same λ):
 * ``mp``   -- MP-Merging: θ0 + λ Σ MP(τ_i, p_i), eqs. (1)-(2).
 * ``svp``  -- SVP-Merging: θ0 + λ Σ SVP(τ_i, r_i), eqs. (3)-(4).
 * ``lors`` -- LoRS-Merging: θ0 + λ Σ (L_i + S_i), eqs. (5)-(8).
+
+Newer methods (each docstring names the equation / algorithm followed):
+
+* ``ties``    -- TIES-Merging (Yadav et al., NeurIPS 2023): trim, elect sign, disjoint mean.
+* ``dare``    -- DARE (Yu et al., ICML 2024): random drop + rescale, then task arithmetic.
+* ``tsvm``    -- TSV-M (Gargiulo et al., CVPR 2025): per-task top singular vectors, whitened.
+* ``iso_c``   -- Iso-C (Marczak et al., ICML 2025): TA sum with a flat (isotropic) spectrum.
+* ``iso_cts`` -- Iso-CTS (Marczak et al., ICML 2025): common + task-specific subspaces, flat.
+* ``cart``    -- CART (Choi et al., 2024): mean + λ Σ low-rank(θ_i − mean).
+
+Hyper-parameters of a method are read per task vector from ``params[i]``: first from the
+method's own section ``params[i][method][key]`` (how the workflow config's ``merge.<method>``
+keys arrive, see :func:`speechmerge.config.merge_params`), then from the flat
+``params[i][key]`` (library / CLI use), then the method's default. Parameters that are global
+to a merge (``seed``, ``common_fraction``) are read from ``params[0]``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,13 +48,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import Tensor
-from tqdm import tqdm
 
 from . import __version__
-from .prune import is_prunable, lors_dense, magnitude_prune, svp
-from .taskvector import atomic_save_file, model_weights_path, open_task_vectors
+from .prune import (
+    is_prunable,
+    lors_dense,
+    magnitude_prune,
+    svd_device,
+    svp,
+    truncated_svd,
+)
+from .taskvector import (
+    SafetensorsReader,
+    atomic_save_streaming,
+    model_weights_path,
+    open_task_vectors,
+)
 
 __all__ = [
     "METHODS",
@@ -50,6 +75,7 @@ __all__ = [
     "merge_models",
     "merge_state_dicts",
     "merge_tensor",
+    "method_param",
     "normalize_params",
     "register",
 ]
@@ -76,6 +102,12 @@ class MergeMethod:
     name: str
     fn: MergeFn
     required_params: tuple[str, ...] = ()
+    default_lambda: float = 1.0
+
+    @property
+    def description(self) -> str:
+        """First line of the function's docstring."""
+        return (self.fn.__doc__ or self.name).strip().splitlines()[0]
 
     def __call__(
         self,
@@ -91,13 +123,19 @@ class MergeMethod:
 METHODS: dict[str, MergeMethod] = {}
 
 
-def register(name: str, required_params: Sequence[str] = ()) -> Callable[[MergeFn], MergeFn]:
-    """Decorator adding a per-tensor merge function to :data:`METHODS` under ``name``."""
+def register(
+    name: str, required_params: Sequence[str] = (), default_lambda: float = 1.0
+) -> Callable[[MergeFn], MergeFn]:
+    """Decorator adding a per-tensor merge function to :data:`METHODS` under ``name``.
+
+    ``default_lambda`` is the λ the CLI uses when none is given (the value suggested by the
+    method's paper, or this project's config default 0.3 for the task-arithmetic family).
+    """
 
     def deco(fn: MergeFn) -> MergeFn:
         if name in METHODS:
             raise ValueError(f"merge method {name!r} is already registered")
-        METHODS[name] = MergeMethod(name, fn, tuple(required_params))
+        METHODS[name] = MergeMethod(name, fn, tuple(required_params), float(default_lambda))
         return fn
 
     return deco
@@ -128,7 +166,7 @@ def _task_arithmetic(
     total = torch.zeros_like(base)
     for tv, p in zip(taskvectors, params, strict=True):
         total += prune(tv, p) if use else tv  # type: ignore[misc]
-    return base + lam * total
+    return total.mul_(lam).add_(base)  # = base + lam * total, without two temporaries
 
 
 @register("wa")
@@ -136,10 +174,10 @@ def weight_averaging(
     name: str, base: Tensor, taskvectors: list[Tensor], params: list[dict[str, Any]], lam: float
 ) -> Tensor:
     """WA: θ0 + (1/n) Σ τ_i = (1/n) Σ θ_i (λ ignored)."""
-    return base + torch.stack(taskvectors).mean(dim=0)
+    return base + _mean(taskvectors)
 
 
-@register("ta")
+@register("ta", default_lambda=0.3)
 def task_arithmetic(
     name: str, base: Tensor, taskvectors: list[Tensor], params: list[dict[str, Any]], lam: float
 ) -> Tensor:
@@ -147,7 +185,7 @@ def task_arithmetic(
     return _task_arithmetic(name, base, taskvectors, params, lam)
 
 
-@register("mp", required_params=("keep_ratio",))
+@register("mp", required_params=("keep_ratio",), default_lambda=0.3)
 def mp_merging(
     name: str, base: Tensor, taskvectors: list[Tensor], params: list[dict[str, Any]], lam: float
 ) -> Tensor:
@@ -157,7 +195,7 @@ def mp_merging(
     )
 
 
-@register("svp", required_params=("rank_ratio",))
+@register("svp", required_params=("rank_ratio",), default_lambda=0.3)
 def svp_merging(
     name: str, base: Tensor, taskvectors: list[Tensor], params: list[dict[str, Any]], lam: float
 ) -> Tensor:
@@ -172,7 +210,7 @@ def svp_merging(
     )
 
 
-@register("lors", required_params=("rank_ratio", "keep_ratio"))
+@register("lors", required_params=("rank_ratio", "keep_ratio"), default_lambda=0.3)
 def lors_merging(
     name: str, base: Tensor, taskvectors: list[Tensor], params: list[dict[str, Any]], lam: float
 ) -> Tensor:
@@ -185,6 +223,246 @@ def lors_merging(
         lam,
         lambda t, p: lors_dense(t, p["rank_ratio"], p["keep_ratio"], exact=p.get("exact")),
     )
+
+
+# ---------------------------------------------------------------- newer methods
+
+
+def method_param(p: Mapping[str, Any], method: str, key: str, default: Any) -> Any:
+    """``p[method][key]``, else ``p[key]``, else ``default`` (see the module docstring)."""
+    section = p.get(method)
+    if isinstance(section, Mapping) and key in section:
+        return section[key]
+    return p.get(key, default)
+
+
+def _ratio_param(p: Mapping[str, Any], method: str, key: str, default: float, i: int) -> float:
+    v = float(method_param(p, method, key, default))
+    if not 0.0 <= v <= 1.0 or math.isnan(v):
+        raise ValueError(f"{method}: params[{i}] {key} must be in [0, 1], got {v!r}")
+    return v
+
+
+def _is_matrix(name: str, base: Tensor) -> bool:
+    """The "layer matrices" of the SVD-based methods: the same 2-D linear weights LoRS prunes."""
+    return is_prunable(name, base)
+
+
+def _svd(a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Thin SVD ``a = U diag(s) Vh`` (on CUDA when available), results on ``a``'s device."""
+    dev = svd_device(a)
+    u, s, vh = torch.linalg.svd(a.to(dev), full_matrices=False)
+    return u.to(a.device), s.to(a.device), vh.to(a.device)
+
+
+def _orthogonalize(x: Tensor) -> Tensor:
+    """Closest matrix with orthonormal columns (polar factor): ``P Qᵀ`` for ``x = P Σ Qᵀ``."""
+    p, _, qh = _svd(x)
+    return p @ qh
+
+
+def _mean(taskvectors: list[Tensor]) -> Tensor:
+    """(1/n) Σ τ_i, accumulated in place (no n-fold stacked copy)."""
+    total = taskvectors[0].clone()
+    for tv in taskvectors[1:]:
+        total += tv
+    return total.div_(len(taskvectors))
+
+
+@register("ties", default_lambda=1.0)
+def ties_merging(
+    name: str, base: Tensor, taskvectors: list[Tensor], params: list[dict[str, Any]], lam: float
+) -> Tensor:
+    """TIES-Merging: trim to top-k magnitude, elect sign by mass, disjoint mean (Yadav et al. 2023).
+
+    Algorithm 1 of the paper, per tensor (as mergekit does; the paper trims each whole flattened
+    task vector), on every float tensor: (1) trim ``τ̂_i = MP(τ_i, k_i)`` with
+    ``k_i = keep_ratio`` (default 0.2, the paper's top-20 %); (2) elect
+    ``γ = sign(Σ_i τ̂_i)`` per entry; (3) disjoint mean
+    ``τ_m = Σ_{i∈A} τ̂_i / |A|`` over ``A = {i : sign(τ̂_i) = γ, τ̂_i ≠ 0}`` (0 where A is empty);
+    (4) ``θ0 + λ τ_m``.
+    """
+    trimmed = [
+        magnitude_prune(tv, _ratio_param(p, "ties", "keep_ratio", 0.2, i))
+        for i, (tv, p) in enumerate(zip(taskvectors, params, strict=True))
+    ]
+    elected = torch.sign(_mean(trimmed))  # sign of the sum (accumulated, no stacked copy)
+    merged = torch.zeros_like(base)
+    count = torch.zeros_like(base)
+    for t in trimmed:
+        agree = (torch.sign(t) == elected) & (t != 0)
+        merged += t * agree
+        count += agree
+    merged /= count.clamp_(min=1)
+    return base + lam * merged
+
+
+def _dare_seed(seed: int, name: str, index: int) -> int:
+    """Generator seed of DARE's mask for (seed, tensor name, task-vector index): stable across
+    runs, processes and platforms (SHA-256, not Python's salted ``hash``)."""
+    h = hashlib.sha256(f"{int(seed)}\0{index}\0{name}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def dare_mask(
+    shape: torch.Size | tuple[int, ...], drop_rate: float, seed: int, name: str, index: int
+) -> Tensor:
+    """DARE's keep mask: Bernoulli(1 − drop_rate) per entry, from :func:`_dare_seed`."""
+    g = torch.Generator(device="cpu").manual_seed(_dare_seed(seed, name, index))
+    return torch.rand(tuple(shape), generator=g) >= drop_rate
+
+
+@register("dare", default_lambda=0.3)
+def dare_merging(
+    name: str, base: Tensor, taskvectors: list[Tensor], params: list[dict[str, Any]], lam: float
+) -> Tensor:
+    """DARE: drop entries with probability p, rescale survivors by 1/(1−p), then TA (Yu et al. 2024).
+
+    Eq. (1) of the paper ("Language Models are Super Mario"): ``m ~ Bernoulli(p)``,
+    ``τ̃ = (1 − m) ⊙ τ / (1 − p)``, applied to every float tensor of each τ_i with its own
+    ``drop_rate`` p_i (default 0.9, in [0, 1)); merged as task arithmetic ``θ0 + λ Σ τ̃_i``.
+    Masks are deterministic: drawn on the CPU from a generator seeded by
+    SHA-256(``seed``, task-vector index, tensor name) (``seed`` from params[0], default 0).
+    """
+    seed = int(method_param(params[0], "dare", "seed", 0))
+    total = torch.zeros_like(base)
+    for i, (tv, p) in enumerate(zip(taskvectors, params, strict=True)):
+        rate = float(method_param(p, "dare", "drop_rate", 0.9))
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"dare: params[{i}] drop_rate must be in [0, 1), got {rate!r}")
+        if rate == 0.0:
+            total += tv
+            continue
+        keep = dare_mask(tv.shape, rate, seed, name, i).to(tv.device)
+        total += tv * keep / (1.0 - rate)
+    return base + lam * total
+
+
+def tsvm_rank(shape: tuple[int, ...] | torch.Size, fraction: float) -> int:
+    """Per-task rank of TSV-M: ``max(1, floor(fraction * min(d, k)))``."""
+    m = min(int(shape[0]), int(shape[1]))
+    return max(1, min(m, math.floor(round(fraction * m, 9))))
+
+
+@register("tsvm", default_lambda=1.0)
+def tsv_merging(
+    name: str, base: Tensor, taskvectors: list[Tensor], params: list[dict[str, Any]], lam: float
+) -> Tensor:
+    """TSV-M: per-task top singular vectors, concatenated and orthogonalized (Gargiulo et al. 2025).
+
+    Sec. 5 / Algorithm 1 of "Task Singular Vectors: Reducing Task Interference in Model
+    Merging" (CVPR 2025) and its reference code: for each layer matrix, τ_i ≈ U_i Σ_i V_iᵀ
+    truncated to ``k_i = tsvm_rank(shape, rank_fraction_i)`` components (``rank_fraction``
+    default 1/n, the paper's choice); ``U = [U_1 … U_n]``, ``Σ = diag(Σ_1 … Σ_n)``,
+    ``V = [V_1 … V_n]``; whiten ``U_⊥ = P Qᵀ`` from ``U = P S Qᵀ`` (same for V); merged
+    ``θ0 + λ U_⊥ Σ V_⊥ᵀ``. Non-matrix tensors (and embeddings): ``θ0 + λ mean_i τ_i``.
+    The per-task SVD is the seeded randomized one when ``k_i <= min(d, k)/4``.
+    """
+    n = len(taskvectors)
+    if not _is_matrix(name, base):
+        return base + lam * _mean(taskvectors)
+    us, ss, vs = [], [], []
+    for i, (tv, p) in enumerate(zip(taskvectors, params, strict=True)):
+        frac = _ratio_param(p, "tsvm", "rank_fraction", 1.0 / n, i)
+        u, s, v = truncated_svd(tv, tsvm_rank(tv.shape, frac))
+        us.append(u)
+        ss.append(s)
+        vs.append(v)
+    u_cat, s_cat, v_cat = torch.cat(us, dim=1), torch.cat(ss), torch.cat(vs, dim=1)
+    delta = (_orthogonalize(u_cat) * s_cat) @ _orthogonalize(v_cat).T
+    return base + lam * delta
+
+
+@register("iso_c", default_lambda=1.0)
+def iso_c_merging(
+    name: str, base: Tensor, taskvectors: list[Tensor], params: list[dict[str, Any]], lam: float
+) -> Tensor:
+    """Iso-C: task-arithmetic sum with its singular values replaced by their mean (Marczak et al.).
+
+    Eqs. (4)-(6) of "No Task Left Behind: Isotropic Model Merging with Common and
+    Task-Specific Subspaces" (ICML 2025): ``Δ = Σ_i τ_i = U Σ Vᵀ`` (thin SVD, r = min(d, k)),
+    ``σ̄ = (1/r) Σ_j σ_j``, merged ``θ0 + λ σ̄ U Vᵀ`` for layer matrices. Non-matrix tensors
+    (and embeddings) follow the reference code: ``θ0 + λ mean_i τ_i``.
+    """
+    if not _is_matrix(name, base):
+        return base + lam * _mean(taskvectors)
+    u, s, vh = _svd(_mean(taskvectors) * len(taskvectors))
+    return base + lam * s.mean() * (u @ vh)
+
+
+def iso_cts_dims(
+    shape: tuple[int, ...] | torch.Size, n: int, common_fraction: float
+) -> tuple[int, int]:
+    """(k_c, k_s) of Iso-CTS: common directions and task-specific directions per task.
+
+    As in the reference code: ``k_c = floor(common_fraction * r)``, then the task-specific
+    budget ``r − k_c`` is rounded to a multiple of n, ``k_s = (r − k_c') / n`` and
+    ``k_c' = r − n k_s``, so that ``k_c' + n k_s = r = min(d, k)``.
+    """
+    r = min(int(shape[0]), int(shape[1]))
+    kc = math.floor(round(common_fraction * r, 9))
+    ks = round((r - kc) / n)
+    if n * ks > r:
+        ks = r // n
+    return r - n * ks, ks
+
+
+@register("iso_cts", default_lambda=1.0)
+def iso_cts_merging(
+    name: str, base: Tensor, taskvectors: list[Tensor], params: list[dict[str, Any]], lam: float
+) -> Tensor:
+    """Iso-CTS: common + task-specific subspaces with an isotropic spectrum (Marczak et al. 2025).
+
+    Sec. 4.2 / Algorithm 1 of "No Task Left Behind" (ICML 2025) and its reference code, per
+    layer matrix: ``Δ = Σ τ_i = U Σ Vᵀ``; keep the top ``k_c`` common directions
+    (``iso_cts_dims``, ``common_fraction`` default 0.8 from params[0]); for each task project
+    out the common left subspace, ``τ̃_i = τ_i − U_c U_cᵀ τ_i``, and keep its top ``k_s``
+    singular triplets; stack ``U = [U_{1,s} … U_{n,s}, U_c]`` (same for Σ and V), whiten
+    ``U_⊥ = P Qᵀ`` and ``V_⊥`` as in TSV-M, and give every direction the mean singular value:
+    ``θ0 + λ σ̄ U_⊥ V_⊥ᵀ`` with ``σ̄ = mean(diag Σ)``. Non-matrix tensors: ``θ0 + λ mean_i τ_i``.
+    """
+    n = len(taskvectors)
+    if not _is_matrix(name, base):
+        return base + lam * _mean(taskvectors)
+    frac = _ratio_param(params[0], "iso_cts", "common_fraction", 0.8, 0)
+    kc, ks = iso_cts_dims(base.shape, n, frac)
+    u, s, vh = _svd(_mean(taskvectors) * n)
+    uc, sc, vc = u[:, :kc], s[:kc], vh[:kc, :].T
+    us_, ss_, vs_ = [], [], []
+    if ks > 0:
+        for tv in taskvectors:
+            resid = tv - uc @ (uc.T @ tv)
+            ut, st, vt = truncated_svd(resid, ks)
+            us_.append(ut)
+            ss_.append(st)
+            vs_.append(vt)
+    u_all = torch.cat([*us_, uc], dim=1)
+    s_all = torch.cat([*ss_, sc])
+    v_all = torch.cat([*vs_, vc], dim=1)
+    delta = s_all.mean() * (_orthogonalize(u_all) @ _orthogonalize(v_all).T)
+    return base + lam * delta
+
+
+@register("cart", default_lambda=1.0)
+def cart_merging(
+    name: str, base: Tensor, taskvectors: list[Tensor], params: list[dict[str, Any]], lam: float
+) -> Tensor:
+    """CART: weight average + λ Σ low-rank(θ_i − average) (Choi et al. 2024, "Revisiting WA").
+
+    Eq. (6) of "Revisiting Weight Averaging for Model Merging" (Centered Arithmetic with
+    Rank-reduced Task vectors): ``τ̄ = mean_i θ_i − θ0 = mean_i τ_i``, centered residuals
+    ``r_i = θ_i − mean θ = τ_i − τ̄``, merged ``θ0 + τ̄ + λ Σ_i SVP(r_i, rank_ratio_i)`` for layer
+    matrices (``rank_ratio`` default 0.08; SVP as in :func:`speechmerge.prune.svp`);
+    non-matrix tensors (and embeddings): ``θ0 + τ̄`` (weight averaging).
+    """
+    mean = _mean(taskvectors)
+    if not _is_matrix(name, base):
+        return base + mean
+    total = torch.zeros_like(base)
+    for i, (tv, p) in enumerate(zip(taskvectors, params, strict=True)):
+        ratio = _ratio_param(p, "cart", "rank_ratio", 0.08, i)
+        total += svp(tv - mean, ratio, exact=p.get("exact"))
+    return base + mean + lam * total
 
 
 def normalize_params(
@@ -335,11 +613,16 @@ def merge_models(
 ) -> Path:
     """Merge task vectors into the base model and write a Hugging Face model dir at ``out_dir``.
 
-    Streams tensor by tensor (lazy ``safe_open``; memory ≈ one model). Writes
-    ``model.safetensors``, copies all non-weight files of ``base_dir`` and writes ``merge.json``
-    (method, λ, per-τ params, inputs). The output is built in a temp dir next to ``out_dir`` and
-    moved into place at the end (replacing an existing ``out_dir``); on any error nothing is
-    written at ``out_dir``. Returns ``out_dir``.
+    Streams tensor by tensor: each input tensor is read on its own (no memory map, see
+    :class:`speechmerge.taskvector.SafetensorsReader`) and each merged tensor is written to
+    ``model.safetensors`` as soon as it is computed, so peak memory is O(n · largest tensor),
+    not O(model) — let alone O(n models). Task-vector files may be dense or compressed
+    (:mod:`speechmerge.compress`; they are read as their dense LoRS(τ), so merge them with
+    ``ta`` to get LoRS-Merging). Copies all non-weight files of ``base_dir`` (config,
+    generation config, tokenizer, processor) and writes ``merge.json`` (method, λ, per-τ params,
+    inputs). The output is built in a temp dir next to ``out_dir`` and moved into place at the
+    end (replacing an existing ``out_dir``); on any error nothing is written at ``out_dir``.
+    Errors name the file and the tensor. Returns ``out_dir``.
     """
     m = get_method(method)
     lam = _check_lam(lam)
@@ -356,39 +639,44 @@ def merge_models(
         if pr == out_res or out_res in pr.parents:
             raise ValueError(f"out_dir {out_dir} would overwrite the input {p}")
 
-    merged: dict[str, Tensor] = {}
-    tv_meta: list[dict[str, str]] = []
-    with safe_open(str(base_file), framework="pt") as fb, open_task_vectors(tv_paths) as tvs:
-        base_keys = list(fb.keys())
-        base_set = set(base_keys)
-        tv_keys = []
-        for h, p in zip(tvs, tv_paths, strict=True):
-            keys = set(h.keys())
-            extra = sorted(keys - base_set)
-            if extra:
-                raise ValueError(f"tensor {extra[0]!r} in {p} does not exist in base {base_file}")
-            tv_keys.append(keys)
-            tv_meta.append(dict(h.metadata() or {}))
-        srcs = [str(p) for p in tv_paths]
-        for name in tqdm(
-            base_keys, desc=f"merge[{m.name}]", unit="tensor", file=sys.stderr, disable=not progress
-        ):
-            b = fb.get_tensor(name)
-            if b.is_floating_point():
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        tv_meta: list[dict[str, str]] = []
+        with SafetensorsReader(base_file) as fb, open_task_vectors(tv_paths) as tvs:
+            base_keys = list(fb.keys())
+            base_set = set(base_keys)
+            tv_keys = []
+            for h, p in zip(tvs, tv_paths, strict=True):
+                keys = set(h.keys())
+                extra = sorted(keys - base_set)
+                if extra:
+                    raise ValueError(
+                        f"tensor {extra[0]!r} in {p} does not exist in base {base_file}"
+                    )
+                tv_keys.append(keys)
+                tv_meta.append(dict(h.metadata() or {}))
+            srcs = [str(p) for p in tv_paths]
+
+            def produce(name: str) -> Tensor:
+                b = fb.get_tensor(name)
+                if not b.is_floating_point():
+                    return b
                 tv_list = [
                     h.get_tensor(name) if name in keys else None
                     for h, keys in zip(tvs, tv_keys, strict=True)
                 ]
-            else:
-                tv_list = [None] * len(tvs)
-            merged[name] = merge_tensor(name, b, tv_list, m, lam, plist, str(base_file), srcs)
-            del tv_list
+                return merge_tensor(name, b, tv_list, m, lam, plist, str(base_file), srcs)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
-        atomic_save_file(merged, tmp / "model.safetensors", metadata={"format": "pt"})
-        del merged
+            specs = [(k, fb.dtype(k), fb.shape(k)) for k in base_keys]
+            atomic_save_streaming(
+                tmp / "model.safetensors",
+                specs,
+                produce,
+                metadata={"format": "pt"},
+                progress=progress,
+                desc=f"merge[{m.name}]",
+            )
         copied = _copy_non_weight_files(base_dir, tmp)
         record = {
             "method": m.name,

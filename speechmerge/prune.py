@@ -36,7 +36,10 @@ __all__ = [
     "lors_dense",
     "magnitude_prune",
     "rank_from_ratio",
+    "svd_device",
     "svp",
+    "svp_factors",
+    "truncated_svd",
 ]
 
 #: Name fragments of 2-D weights that are embeddings (or tied to one) and are never pruned.
@@ -50,8 +53,24 @@ NON_PRUNABLE_SUBSTRINGS: tuple[str, ...] = (
 # Randomized SVD settings (used only for small ranks of large matrices, see `svp`).
 _LOWRANK_MAX_FRACTION = 0.25
 _LOWRANK_MIN_DIM = 64
-_LOWRANK_NITER = 6
+_LOWRANK_NITER = 10
 _LOWRANK_SEED = 0
+
+
+def _lowrank_q(r: int, m: int) -> int:
+    """Subspace size of the randomized SVD: ``2r + 10`` (oversampling), at most ``min(d, k)``."""
+    return min(m, 2 * r + 10)
+
+
+def svd_device(t: Tensor) -> torch.device:
+    """Device the SVDs run on: the current CUDA device when CUDA is available, else ``t``'s.
+
+    Factorizations of CPU tensors are moved to the GPU when there is one (and the results moved
+    back to the input's device by the callers); tensors already on a GPU stay there.
+    """
+    if t.device.type == "cpu" and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return t.device
 
 
 def _check_ratio(ratio: float, what: str) -> float:
@@ -108,34 +127,77 @@ def _work_dtype(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+def truncated_svd(a: Tensor, r: int, exact: bool | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Top-r singular triplets ``(U_r, s_r, V_r)`` of a 2-D float tensor: ``a ≈ U_r diag(s_r) V_r^T``.
+
+    ``U_r`` is ``d x r``, ``s_r`` has length r, ``V_r`` is ``k x r``; all in the work dtype
+    (float32, float64 for float64 input) on ``a``'s device; the SVD itself runs on CUDA when
+    available (:func:`svd_device`). ``exact=None`` picks the seeded randomized SVD when
+    ``r <= 0.25 * min(d, k)`` and ``min(d, k) >= 64``, else ``torch.linalg.svd`` (see
+    :func:`svp` for its accuracy).
+    """
+    m = min(a.shape)
+    r = max(0, min(int(r), m))
+    dev = svd_device(a)
+    x = a.to(device=dev, dtype=_work_dtype(a))
+    if exact is None:
+        exact = not (r <= _LOWRANK_MAX_FRACTION * m and m >= _LOWRANK_MIN_DIM)
+    if exact or r >= m:
+        u, s, vh = torch.linalg.svd(x, full_matrices=False)
+        u, s, v = u[:, :r], s[:r], vh[:r, :].T
+    else:
+        devices = [dev.index if dev.index is not None else 0] if dev.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(_LOWRANK_SEED)
+            u, s, v = torch.svd_lowrank(x, q=_lowrank_q(r, m), niter=_LOWRANK_NITER)
+        u, s, v = u[:, :r], s[:r], v[:, :r]
+    return u.to(a.device), s.to(a.device), v.to(a.device)
+
+
+def svp_factors(
+    t: Tensor, rank_ratio: float, exact: bool | None = None
+) -> tuple[Tensor, Tensor] | None:
+    """Factors of SVP (eqs. 3-4): ``(U_r Σ_r, V_r)`` with ``SVP(t) = (U_r Σ_r) V_r^T``.
+
+    ``U_r Σ_r`` is ``d x r`` and ``V_r`` is ``k x r``, both in the work dtype (float32, or
+    float64 for float64 input) on ``t``'s device. Returns None when no truncation happens
+    (``r = min(d, k)``: SVP is the identity). See :func:`svp` for ``exact`` and the accuracy of
+    the randomized path.
+    """
+    r = rank_from_ratio(t.shape, rank_ratio)
+    if r >= min(t.shape):
+        return None
+    u, s, v = truncated_svd(t, r, exact=exact)
+    return (u * s).contiguous(), v.contiguous()
+
+
 def svp(t: Tensor, rank_ratio: float, exact: bool | None = None) -> Tensor:
     """Singular Value Pruning, eqs. (3)-(4): ``U_r Σ_r V_r^T`` with ``r = rank_from_ratio``.
 
-    Computed in float32 (float64 for float64 input) and returned in the input dtype.
-    ``exact=None`` (default) uses a seeded randomized SVD (``torch.svd_lowrank``, power
-    iterations + oversampling) when ``r <= 0.25 * min(d, k)`` and ``min(d, k) >= 64``, and the
-    exact ``torch.linalg.svd`` otherwise; ``exact=True`` forces the exact SVD, ``exact=False``
-    forces the randomized one (when r < min(d, k)). Non-float tensors are returned unchanged.
+    Computed in float32 (float64 for float64 input) and returned in the input dtype, on the
+    input's device (the SVD itself runs on CUDA when available, see :func:`svd_device`).
+    ``exact=None`` (default) uses a seeded randomized SVD (``torch.svd_lowrank`` with
+    ``niter=10`` power iterations and a subspace of ``q = 2r + 10`` columns) when
+    ``r <= 0.25 * min(d, k)`` and ``min(d, k) >= 64``, and the exact ``torch.linalg.svd``
+    otherwise; ``exact=True`` forces the exact SVD, ``exact=False`` forces the randomized one
+    (when r < min(d, k)). Non-float tensors are returned unchanged.
+
+    Accuracy of the randomized path (measured, float32; ``tests/test_prune.py``): on 768x768 and
+    768x3072 matrices with singular values ``σ_i = 1/i`` plus i.i.d. Gaussian noise of std 1e-4
+    (a noise floor near σ_120) and rank ratios 0.01-0.25, ``‖SVP_rand − SVP_exact‖_F / ‖τ‖_F``
+    was at most 7e-5 and the Frobenius error ``‖τ − SVP_rand‖_F`` exceeded the optimal
+    (Eckart–Young) one by a factor below 1 + 1e-5. We guarantee (and test) the bound
+    ``‖SVP_rand − SVP_exact‖_F <= 1e-3 · ‖τ‖_F`` on such spectra; it is not a worst-case bound
+    (randomized SVD has none without a spectral gap), but its error is always that of a
+    rank-r approximation within a 2r+10-dimensional Krylov subspace of τ.
     """
     if not t.is_floating_point():
         return t.clone()
-    r = rank_from_ratio(t.shape, rank_ratio)
-    m = min(t.shape)
-    if r >= m:
+    f = svp_factors(t, rank_ratio, exact=exact)
+    if f is None:
         return t.clone()
-    a = t.to(_work_dtype(t))
-    if exact is None:
-        exact = not (r <= _LOWRANK_MAX_FRACTION * m and m >= _LOWRANK_MIN_DIM)
-    if exact:
-        u, s, vh = torch.linalg.svd(a, full_matrices=False)
-        low = (u[:, :r] * s[:r]) @ vh[:r, :]
-    else:
-        q = min(m, r + max(10, r))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_LOWRANK_SEED)
-            u, s, v = torch.svd_lowrank(a, q=q, niter=_LOWRANK_NITER)
-        low = (u[:, :r] * s[:r]) @ v[:, :r].T
-    return low.to(t.dtype)
+    us, v = f
+    return (us @ v.T).to(t.dtype)
 
 
 def lors(

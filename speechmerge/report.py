@@ -18,6 +18,12 @@ METHOD_NAMES = {
     "mp": "MP-Merging",
     "svp": "SVP-Merging",
     "lors": "LoRS-Merging",
+    "ties": "TIES-Merging",
+    "dare": "DARE",
+    "tsvm": "TSV-M",
+    "iso_c": "Iso-C",
+    "iso_cts": "Iso-CTS",
+    "cart": "CART",
 }
 
 CAPTIONS = {

@@ -161,7 +161,7 @@ def test_half_precision_base(three) -> None:
 def test_errors_in_memory(three) -> None:
     base, _, tvs = three
     with pytest.raises(ValueError, match="known methods: .*lors.*ta"):
-        merge_state_dicts(base, tvs, "ties", lam=1.0)
+        merge_state_dicts(base, tvs, "no_such_method", lam=1.0)
     with pytest.raises(ValueError, match="keep_ratio"):
         merge_state_dicts(base, tvs, "lors", lam=1.0, params={"rank_ratio": 0.1})
     with pytest.raises(ValueError, match="2 parameter dicts for 3"):

@@ -1,0 +1,370 @@
+#!/usr/bin/env python
+"""Merge-engine benchmark on whisper-small-shaped checkpoints (a script, not a test).
+
+Builds, locally and without downloads, a randomly initialised base with whisper-small's
+dimensions (``WhisperConfig``: d_model 768, 12+12 layers, 12 heads, FFN 3072, vocab 51865,
+80 mels, 1500/448 positions) saved with ``save_pretrained``, and ten task vectors with a
+low-rank + sparse + noise structure written directly as safetensors. Then merges the ten with
+every registered method, each in a fresh subprocess, and records wall time and peak RSS
+(``getrusage(RUSAGE_CHILDREN)`` of a small wrapper process whose only child is the merge).
+Baselines on the same checkpoints: (a) a naive in-memory LoRS (all task vectors loaded fully,
+exact ``torch.linalg.svd``), (b) mergekit's ``task_arithmetic`` and ``ties`` when mergekit is
+installed in ``/tmp/mk`` (``python3.11 -m venv /tmp/mk && /tmp/mk/bin/pip install
+torch==2.13.0 mergekit``); otherwise the reason is recorded.
+
+Writes ``<out-dir>/merge.json`` (``merge-quick.json`` with ``--quick``): method -> wall
+seconds and peak RSS bytes, plus the size in bytes of one fp32 model. Data go to
+``<out-dir>/data[-quick]/`` and are reused by later runs.
+
+    .venv/bin/python benchmarks/merge_bench.py --quick --out-dir /tmp/bench   # 2+2 layers, 3 τ
+    .venv/bin/python benchmarks/merge_bench.py                                # full: results/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+WHISPER_SMALL = {
+    "d_model": 768,
+    "encoder_layers": 12,
+    "decoder_layers": 12,
+    "encoder_attention_heads": 12,
+    "decoder_attention_heads": 12,
+    "encoder_ffn_dim": 3072,
+    "decoder_ffn_dim": 3072,
+    "vocab_size": 51865,
+    "num_mel_bins": 80,
+    "max_source_positions": 1500,
+    "max_target_positions": 448,
+}
+LAMBDA = 0.3
+#: Hyper-parameters per method (the workflow config's defaults; other methods: their own).
+PARAMS: dict[str, dict] = {
+    "mp": {"keep_ratio": 0.4},
+    "svp": {"rank_ratio": 0.05},
+    "lors": {"rank_ratio": 0.05, "keep_ratio": 0.4},
+}
+MERGEKIT_VENV = Path("/tmp/mk")
+
+
+def _seed(*parts: object) -> int:
+    h = hashlib.sha256("\0".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+# ---------------------------------------------------------------- data
+
+
+def build_data(data: Path, quick: bool, n: int, seed: int) -> dict:
+    import torch
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from speechmerge.prune import is_prunable
+    from speechmerge.taskvector import SafetensorsReader, atomic_save_streaming
+
+    dims = dict(WHISPER_SMALL, **({"encoder_layers": 2, "decoder_layers": 2} if quick else {}))
+    stamp = {"dims": dims, "n": n, "seed": seed, "version": 1}
+    stamp_file = data / "stamp.json"
+    if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
+        print(f"reusing data in {data}", flush=True)
+        return stamp
+    shutil.rmtree(data, ignore_errors=True)
+    data.mkdir(parents=True)
+    t0 = time.time()
+    torch.manual_seed(seed)
+    cfg = WhisperConfig(**dims, pad_token_id=50257, bos_token_id=50257, eos_token_id=50257,
+                        decoder_start_token_id=50258)  # fmt: skip
+    model = WhisperForConditionalGeneration(cfg).eval()
+    model.save_pretrained(data / "base", safe_serialization=True)
+    del model
+    with SafetensorsReader(data / "base" / "model.safetensors") as r:
+        specs = [(k, torch.float32, r.shape(k)) for k in r if r.dtype(k).is_floating_point]
+
+    shapes = {k: s for k, _, s in specs}
+
+    def make(i: int):
+        def produce(name: str) -> torch.Tensor:
+            shape = shapes[name]
+            g = torch.Generator().manual_seed(_seed(seed, i, name))
+            tv = 1e-4 * torch.randn(shape, generator=g)
+            if len(shape) == 2 and is_prunable(name, tv):
+                d, k = shape
+                a = torch.randn(d, 16, generator=g) * 1e-3
+                b = torch.randn(16, k, generator=g) / 4
+                tv += a @ b
+                idx = torch.randint(0, d * k, (d * k // 100,), generator=g)
+                tv.view(-1)[idx] += 1e-2 * torch.randn(idx.numel(), generator=g)
+            return tv
+
+        return produce
+
+    for i in range(n):
+        atomic_save_streaming(data / f"tv{i}.safetensors", specs, make(i), {"bench": str(i)})
+        print(f"  task vector {i + 1}/{n} written", flush=True)
+    stamp_file.write_text(json.dumps(stamp))
+    print(f"data built in {time.time() - t0:.1f}s", flush=True)
+    return stamp
+
+
+def build_finetuned(data: Path, n: int) -> list[Path]:
+    """θ_i = θ_0 + τ_i as model dirs (only for mergekit, which merges models, not τ)."""
+    from speechmerge.taskvector import SafetensorsReader, atomic_save_streaming
+
+    out = []
+    for i in range(n):
+        d = data / f"ft{i}"
+        out.append(d)
+        if (d / "model.safetensors").is_file():
+            continue
+        d.mkdir(exist_ok=True)
+        for f in (data / "base").iterdir():
+            if not f.name.endswith(".safetensors"):
+                shutil.copy2(f, d / f.name)
+        with (
+            SafetensorsReader(data / "base" / "model.safetensors") as b,
+            SafetensorsReader(data / f"tv{i}.safetensors") as t,
+        ):
+            specs = [(k, b.dtype(k), b.shape(k)) for k in b]
+
+            def produce(k: str, b=b, t=t):
+                x = b.get_tensor(k)
+                return x + t.get_tensor(k) if k in t else x
+
+            atomic_save_streaming(d / "model.safetensors", specs, produce, {"format": "pt"})
+    return out
+
+
+# ---------------------------------------------------------------- children
+
+
+def child_merge(method: str, data: Path, n: int, out: Path) -> None:
+    from speechmerge.merge import merge_models
+
+    tvs = [data / f"tv{i}.safetensors" for i in range(n)]
+    t0 = time.time()
+    merge_models(data / "base", tvs, method, LAMBDA, PARAMS.get(method, {}), out, progress=False)
+    print(json.dumps({"merge_s": time.time() - t0}))
+
+
+def child_baseline() -> None:
+    """Peak RSS of a merge process that does nothing: Python + torch + speechmerge imported."""
+    import speechmerge.merge  # noqa: F401
+
+    print(json.dumps({"merge_s": 0.0}))
+
+
+def child_naive(data: Path, n: int, out: Path) -> None:
+    """LoRS the naive way: every τ fully in memory, exact SVD (torch.linalg.svd)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from speechmerge.prune import count_from_ratio, is_prunable, rank_from_ratio
+
+    t0 = time.time()
+    base = load_file(data / "base" / "model.safetensors")
+    tvs = [load_file(data / f"tv{i}.safetensors") for i in range(n)]
+    p = PARAMS["lors"]
+    merged = {}
+    for name, b in base.items():
+        if not b.is_floating_point():
+            merged[name] = b
+            continue
+        total = torch.zeros_like(b)
+        for tv in tvs:
+            t = tv[name]
+            if is_prunable(name, t):
+                r = rank_from_ratio(t.shape, p["rank_ratio"])
+                u, s, vh = torch.linalg.svd(t, full_matrices=False)
+                low = (u[:, :r] * s[:r]) @ vh[:r]
+                res = (t - low).flatten()
+                k = count_from_ratio(res.numel(), p["keep_ratio"])
+                sp = torch.zeros_like(res)
+                idx = res.abs().topk(k).indices
+                sp[idx] = res[idx]
+                t = low + sp.view_as(low)
+            total += t
+        merged[name] = b + LAMBDA * total
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(merged, out / "model.safetensors", metadata={"format": "pt"})
+    print(json.dumps({"merge_s": time.time() - t0}))
+
+
+def measure(cmd: list[str]) -> None:
+    """Run ``cmd`` as this process's only child; print its wall time and peak RSS."""
+    t0 = time.time()
+    p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    wall = time.time() - t0
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
+    inner = {}
+    for line in p.stdout.splitlines()[::-1]:
+        if line.startswith("{"):
+            inner = json.loads(line)
+            break
+    res = {"wall_s": round(wall, 2), "peak_rss_bytes": rss, "returncode": p.returncode, **inner}
+    if p.returncode:
+        res["error"] = (p.stderr or p.stdout).strip().splitlines()[-5:]
+    print(json.dumps(res))
+
+
+def run_measured(cmd: list[str]) -> dict:
+    p = subprocess.run(
+        [sys.executable, __file__, "_measure", "--", *cmd],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if p.returncode:
+        return {"error": p.stderr.strip().splitlines()[-5:]}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- mergekit
+
+
+def mergekit_status(install: bool) -> tuple[Path | None, str]:
+    exe = MERGEKIT_VENV / "bin" / "mergekit-yaml"
+    if exe.is_file():
+        return exe, "found"
+    if not install:
+        return None, f"mergekit is not installed in {MERGEKIT_VENV} (--install-mergekit)"
+    log = []
+    for cmd in (
+        ["python3.11", "-m", "venv", str(MERGEKIT_VENV)],
+        [str(MERGEKIT_VENV / "bin" / "pip"), "install", "-q", "torch==2.13.0", "mergekit"],
+    ):
+        p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        log.append(p.stderr.strip()[-2000:])
+        if p.returncode:
+            return None, f"mergekit could not be installed: {' '.join(cmd)}: {log[-1]}"
+    return (exe, "installed") if exe.is_file() else (None, "mergekit-yaml missing after install")
+
+
+def mergekit_config(method: str, base: Path, fts: list[Path]) -> str:
+    lines = [f"merge_method: {method}", f"base_model: {base}", "dtype: float32", "models:"]
+    for f in fts:
+        lines.append(f"  - model: {f}")
+        if method == "task_arithmetic":
+            lines.append(f"    parameters: {{weight: {LAMBDA}}}")
+        else:  # TIES with the paper's defaults: top-20 %, λ = 1
+            lines.append("    parameters: {weight: 1.0, density: 0.2}")
+    if method == "ties":
+        lines.append("parameters: {normalize: true}")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_measure":
+        return measure(sys.argv[3:])
+    if len(sys.argv) > 1 and sys.argv[1] == "_merge":
+        return child_merge(sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5]))
+    if len(sys.argv) > 1 and sys.argv[1] == "_baseline":
+        return child_baseline()
+    if len(sys.argv) > 1 and sys.argv[1] == "_naive":
+        return child_naive(Path(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))
+
+    from speechmerge.merge import METHODS
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="2+2 layers and 3 task vectors")
+    ap.add_argument("--out-dir", default=str(ROOT / "results" / "bench"))
+    ap.add_argument("--n", type=int, default=None, help="task vectors (default 10, quick 3)")
+    ap.add_argument("--methods", nargs="+", default=sorted(METHODS), choices=sorted(METHODS))
+    ap.add_argument("--no-naive", action="store_true", help="skip the naive exact-SVD LoRS")
+    ap.add_argument("--no-mergekit", action="store_true", help="skip mergekit")
+    ap.add_argument("--install-mergekit", action="store_true",
+                    help=f"create {MERGEKIT_VENV} and pip install mergekit if missing")  # fmt: skip
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads in every merge process (OMP_NUM_THREADS; default: "
+                    "torch's). 1 avoids OpenMP oversubscription on a machine that is busy")  # fmt: skip
+    args = ap.parse_args()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        os.environ["MKL_NUM_THREADS"] = str(args.threads)
+
+    n = args.n or (3 if args.quick else 10)
+    out_dir = Path(args.out_dir)
+    data = out_dir / ("data-quick" if args.quick else "data")
+    stamp = build_data(data, args.quick, n, args.seed)
+    import torch
+
+    from speechmerge.taskvector import SafetensorsReader
+
+    with SafetensorsReader(data / "base" / "model.safetensors") as r:
+        sizes = [torch.Size(r.shape(k)).numel() * 4 for k in r if r.dtype(k).is_floating_point]
+    model_bytes, largest = sum(sizes), max(sizes)
+    result: dict = {
+        "setup": {**stamp, "lambda": LAMBDA, "params": PARAMS, "torch_threads":
+                  args.threads or torch.get_num_threads(), "cuda": torch.cuda.is_available()},
+        "model_fp32_bytes": model_bytes,
+        "largest_tensor_fp32_bytes": largest,
+        "methods": {},
+    }  # fmt: skip
+    print(
+        f"one fp32 model: {model_bytes / 2**20:.0f} MiB (largest tensor "
+        f"{largest / 2**20:.0f} MiB); {n} task vectors",
+        flush=True,
+    )
+    print(f"{'method':<22}{'wall s':>9}{'peak RSS MiB':>14}{'RSS / model':>13}", flush=True)
+
+    def show(name: str, res: dict) -> None:
+        if "error" in res or res.get("returncode"):
+            print(f"{name:<22} FAILED: {res.get('error')}", flush=True)
+            return
+        rss = res["peak_rss_bytes"]
+        print(f"{name:<22}{res['wall_s']:>9.1f}{rss / 2**20:>14.0f}{rss / model_bytes:>13.2f}",
+              flush=True)  # fmt: skip
+
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".merge-bench-") as tmp:
+        res = run_measured([sys.executable, __file__, "_baseline"])
+        result["process_baseline"] = res
+        show("(imports only)", res)
+        for m in args.methods:
+            res = run_measured(
+                [sys.executable, __file__, "_merge", m, str(data), str(n), f"{tmp}/{m}"]
+            )
+            shutil.rmtree(f"{tmp}/{m}", ignore_errors=True)
+            result["methods"][m] = res
+            show(m, res)
+        if not args.no_naive:
+            res = run_measured([sys.executable, __file__, "_naive", str(data), str(n), f"{tmp}/nv"])
+            shutil.rmtree(f"{tmp}/nv", ignore_errors=True)
+            result["naive_inmemory_exact_svd_lors"] = res
+            show("naive lors (exact SVD)", res)
+        if not args.no_mergekit:
+            exe, status = mergekit_status(args.install_mergekit)
+            result["mergekit"] = {"status": status}
+            if exe is None:
+                print(f"mergekit: {status}", flush=True)
+            else:
+                fts = build_finetuned(data, n)
+                for mk in ("task_arithmetic", "ties"):
+                    cfg = Path(tmp) / f"{mk}.yml"
+                    cfg.write_text(mergekit_config(mk, data / "base", fts))
+                    res = run_measured([str(exe), str(cfg), f"{tmp}/mk-{mk}", "--lazy-unpickle"])
+                    shutil.rmtree(f"{tmp}/mk-{mk}", ignore_errors=True)
+                    result["mergekit"][mk] = res
+                    show(f"mergekit {mk}", res)
+    name = "merge-quick.json" if args.quick else "merge.json"
+    (out_dir / name).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out_dir / name}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,323 @@
+"""Command-line interface: ``python -m speechmerge {merge,compress,decompress,methods}``.
+
+``merge`` takes Hugging Face Whisper model directories (the base and the fine-tuned models),
+computes the task vectors τ_i = θ_i − θ_0 into a temporary directory (streaming, one tensor
+at a time), merges them with any registered method and writes a Hugging Face model directory
+(weights + the base's config, generation config, tokenizer and processor files) that
+``WhisperForConditionalGeneration.from_pretrained`` loads directly. ``compress`` writes a
+compressed LoRS task vector (:mod:`speechmerge.compress`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .merge import METHODS, get_method, merge_models
+
+__all__ = ["build_parser", "main"]
+
+#: Defaults the CLI fills in for a method's *required* parameters (the workflow config's).
+REQUIRED_DEFAULTS = {"rank_ratio": 0.05, "keep_ratio": 0.4}
+
+#: CLI options mapped to per-task-vector parameter keys.
+PARAM_OPTIONS = {
+    "rank_ratio": "fraction of min(d, k) singular values kept (svp, lors, cart); default "
+    "0.05 for svp/lors, 0.08 for cart",
+    "keep_ratio": "fraction of entries kept by magnitude (mp, lors, ties); default 0.4 for "
+    "mp/lors, 0.2 for ties",
+    "drop_rate": "DARE drop probability in [0, 1) (default 0.9)",
+    "seed": "DARE seed (default 0); masks are derived from it, the tensor name and the index",
+    "rank_fraction": "TSV-M per-task rank fraction (default 1/n)",
+    "common_fraction": "Iso-CTS fraction of the common subspace (default 0.8)",
+}
+
+
+def _methods_help() -> str:
+    lines = []
+    for name in sorted(METHODS):
+        m = METHODS[name]
+        lines.append(f"  {name:<8} {m.description} [default λ {m.default_lambda:g}]")
+    return "\n".join(lines)
+
+
+def _parse_value(v: str) -> Any:
+    for conv in (int, float):
+        with contextlib.suppress(ValueError):
+            return conv(v)
+    if v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    return v
+
+
+def _parse_kv(text: str, what: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{what}: expected KEY=VALUE, got {item!r}")
+        out[key.strip()] = _parse_value(val.strip())
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m speechmerge",
+        description="Merge fine-tuned Whisper models (LoRS-Merging and peers) without the "
+        "workflow.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"speechmerge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    epilog = (
+        "methods:\n"
+        + _methods_help()
+        + textwrap.dedent(
+            """
+
+        Hyper-parameters apply to every task vector; --model-params overrides them for one
+        model. Methods ignore parameters they do not use. Example:
+
+          python -m speechmerge merge --base whisper-small --finetuned ft/ca-asr ft/de-asr \\
+              --method lors --lambda 0.3 --rank-ratio 0.05 --keep-ratio 0.4 \\
+              --model-params 'ft/de-asr:rank_ratio=0.03,keep_ratio=0.6' --out merged/lors
+        """
+        )
+    )
+    m = sub.add_parser(
+        "merge",
+        help="merge fine-tuned model dirs (or task-vector files) into one model dir",
+        description="Compute task vectors τ_i = θ_i − θ_0 (streaming, into a temp dir) and "
+        "merge them into the base with METHOD; write a Hugging Face model dir.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    m.add_argument("--base", required=True, metavar="DIR", help="base (pretrained) model dir")
+    src = m.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--finetuned", nargs="+", metavar="DIR", help="fine-tuned model dirs (same architecture)"
+    )
+    src.add_argument(
+        "--taskvectors",
+        nargs="+",
+        metavar="FILE",
+        help="precomputed task-vector files (.safetensors, dense or compressed) instead of "
+        "--finetuned",
+    )
+    m.add_argument(
+        "--method",
+        required=True,
+        choices=sorted(METHODS),
+        metavar="NAME",
+        help="merge method (see the list below)",
+    )
+    m.add_argument(
+        "--lambda",
+        dest="lam",
+        type=float,
+        default=None,
+        metavar="X",
+        help="scaling λ of the merged task vector (default: the method's, listed below; "
+        "ignored by wa)",
+    )
+    for key, text in PARAM_OPTIONS.items():
+        m.add_argument(
+            "--" + key.replace("_", "-"),
+            dest=key,
+            type=int if key == "seed" else float,
+            default=None,
+            metavar="N" if key == "seed" else "X",
+            help=text,
+        )
+    m.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other method parameter, for every task vector (repeatable)",
+    )
+    m.add_argument(
+        "--model-params",
+        action="append",
+        default=[],
+        metavar="'DIR:K=V,K=V'",
+        help="per-model overrides, e.g. 'ft/de-asr:rank_ratio=0.03,keep_ratio=0.6' "
+        "(DIR as given to --finetuned/--taskvectors; repeatable)",
+    )
+    m.add_argument(
+        "--exact-svd",
+        action="store_true",
+        help="use the exact SVD everywhere SVP runs (default: seeded randomized SVD for small "
+        "ranks, see speechmerge.prune.svp)",
+    )
+    m.add_argument(
+        "--work-dir",
+        metavar="DIR",
+        default=None,
+        help="where the temporary task vectors go (default: next to --out)",
+    )
+    m.add_argument("--out", required=True, metavar="DIR", help="output model dir (replaced)")
+    m.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    c = sub.add_parser(
+        "compress",
+        help="write a compressed LoRS task vector (low-rank factors + sparse residual)",
+        description="Store LoRS(τ) = SVP(τ) + MP(τ − SVP(τ)) as factors + a sparse residual. "
+        "Give a task-vector file, or --base and --finetuned to compute τ first.",
+    )
+    c.add_argument("--taskvector", metavar="FILE", help="dense task-vector file")
+    c.add_argument("--base", metavar="DIR", help="base model dir (with --finetuned)")
+    c.add_argument("--finetuned", metavar="DIR", help="fine-tuned model dir (with --base)")
+    c.add_argument("--rank-ratio", type=float, required=True, metavar="R", help="r of SVP")
+    c.add_argument("--keep-ratio", type=float, required=True, metavar="P", help="p of MP")
+    c.add_argument(
+        "--exact-svd", action="store_true", help="exact SVD (default: randomized for small ranks)"
+    )
+    c.add_argument("--out", required=True, metavar="FILE", help="output .safetensors file")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    d = sub.add_parser("decompress", help="write the dense LoRS(τ) of a compressed task vector")
+    d.add_argument("compressed", metavar="FILE", help="compressed task-vector file")
+    d.add_argument("--out", required=True, metavar="FILE", help="output .safetensors file")
+
+    sub.add_parser("methods", help="list the merge methods")
+    return parser
+
+
+def _check_dir(path: str, what: str) -> Path:
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"{what} directory not found: {path}")
+    return p
+
+
+def _merge_params(args: argparse.Namespace, inputs: list[str]) -> list[dict[str, Any]]:
+    method = get_method(args.method)
+    shared: dict[str, Any] = {
+        k: getattr(args, k) for k in PARAM_OPTIONS if getattr(args, k) is not None
+    }
+    for item in args.param:
+        shared.update(_parse_kv(item, "--param"))
+    if args.exact_svd:
+        shared["exact"] = True
+    plist = [dict(shared) for _ in inputs]
+    resolved = [Path(p).resolve() for p in inputs]
+    for spec in args.model_params:
+        where, sep, kv = spec.rpartition(":")
+        if not sep or not where:
+            raise ValueError(f"--model-params: expected 'DIR:KEY=VALUE,...', got {spec!r}")
+        target = Path(where).resolve()
+        if target not in resolved:
+            raise ValueError(
+                f"--model-params: {where!r} is not one of the merged models: {', '.join(inputs)}"
+            )
+        plist[resolved.index(target)].update(_parse_kv(kv, "--model-params"))
+    for p in plist:
+        for key in method.required_params:
+            p.setdefault(key, REQUIRED_DEFAULTS[key])
+    return plist
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    method = get_method(args.method)
+    base = _check_dir(args.base, "--base")
+    inputs = args.finetuned or args.taskvectors
+    if args.finetuned:
+        for d in args.finetuned:
+            _check_dir(d, "--finetuned")
+    else:
+        for f in args.taskvectors:
+            if not Path(f).is_file():
+                raise FileNotFoundError(f"--taskvectors file not found: {f}")
+    plist = _merge_params(args, inputs)
+    lam = method.default_lambda if args.lam is None else args.lam
+    out = Path(args.out)
+    progress = not args.quiet
+    print(
+        f"merging {len(inputs)} models with {method.name} (λ = {lam:g}) into {out}", file=sys.stderr
+    )
+    if args.taskvectors:
+        merge_models(base, args.taskvectors, method, lam, plist, out, progress=progress)
+        return 0
+    from .taskvector import compute_task_vector
+
+    work = Path(args.work_dir) if args.work_dir else out.resolve().parent
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work, prefix=".speechmerge-tv-") as tmp:
+        paths = []
+        for i, d in enumerate(args.finetuned):
+            p = Path(tmp) / f"tv{i}.safetensors"
+            if progress:
+                print(f"task vector {i + 1}/{len(inputs)}: {d}", file=sys.stderr)
+            compute_task_vector(base, d, p, progress=progress)
+            paths.append(p)
+        merge_models(base, paths, method, lam, plist, out, progress=progress)
+    return 0
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from .compress import compress_lors
+
+    progress = not args.quiet
+    if args.taskvector and (args.base or args.finetuned):
+        raise ValueError("give either --taskvector or --base and --finetuned, not both")
+    if args.taskvector:
+        meta = compress_lors(
+            args.taskvector,
+            args.out,
+            args.rank_ratio,
+            args.keep_ratio,
+            exact=True if args.exact_svd else None,
+            progress=progress,
+        )
+    elif args.base and args.finetuned:
+        from .taskvector import compute_task_vector
+
+        base, ft = _check_dir(args.base, "--base"), _check_dir(args.finetuned, "--finetuned")
+        out = Path(args.out)
+        out.resolve().parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.resolve().parent, prefix=".speechmerge-tv-") as t:
+            tv = compute_task_vector(base, ft, Path(t) / "tv.safetensors", progress=progress)
+            meta = compress_lors(
+                tv,
+                out,
+                args.rank_ratio,
+                args.keep_ratio,
+                exact=True if args.exact_svd else None,
+                progress=progress,
+            )
+    else:
+        raise ValueError("compress needs --taskvector FILE, or --base DIR and --finetuned DIR")
+    print(
+        f"wrote {args.out}: {int(meta['compressed_bytes']):,} bytes vs {int(meta['dense_bytes']):,}"
+        f" dense (compression ratio {meta['compression_ratio']})"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "merge":
+            return _cmd_merge(args)
+        if args.command == "compress":
+            return _cmd_compress(args)
+        if args.command == "decompress":
+            from .compress import decompress
+
+            decompress(args.compressed, args.out)
+            return 0
+        print(_methods_help())
+        return 0
+    except (ValueError, FileNotFoundError, NotImplementedError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,279 @@
+"""Compressed task vectors: LoRS(τ) stored as low-rank factors + a sparse residual.
+
+:func:`compress_lors` writes, for every prunable matrix (:func:`speechmerge.prune.is_prunable`)
+of a task-vector file, the LoRS decomposition of the paper (eqs. 5-7) ``LoRS(τ) = L + S``
+as
+
+* ``{name}::us``  -- ``U_r Σ_r`` (d x r) and ``{name}::v`` -- ``V_r`` (k x r): ``L = us @ vᵀ``;
+* ``{name}::idx`` -- int64 flat (row-major) indices of the kept residual entries and
+  ``{name}::val`` -- their values: ``S.view(-1)[idx] = val``.
+
+Every other tensor is stored dense under its own name (unchanged τ, which is what LoRS-Merging
+merges for non-prunable tensors); so is a prunable matrix whose factors would not be smaller
+than the dense matrix (its dense LoRS(τ)). The file metadata records the format
+(``speechmerge_format = "lors-compressed"``, ``format_version``), ``rank_ratio``,
+``keep_ratio``, the byte sizes of the dense τ and of the compressed tensors, and their ratio
+``compression_ratio = dense_bytes / compressed_bytes``.
+
+:class:`CompressedTaskVector` is a lazy reader that yields the dense LoRS(τ) tensor by tensor,
+with the same interface as :class:`speechmerge.taskvector.SafetensorsReader`; merging
+compressed task vectors with ``ta`` is LoRS-Merging (:func:`speechmerge.merge.merge_models`
+detects the format). :func:`decompress` writes the dense LoRS(τ) file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Self
+
+import torch
+from torch import Tensor
+
+from .prune import count_from_ratio, is_prunable, rank_from_ratio, svp_factors
+from .taskvector import SafetensorsReader, TensorSpec, atomic_save_streaming
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "CompressedTaskVector",
+    "compress_lors",
+    "decompress",
+    "is_compressed",
+    "open_task_vector",
+]
+
+FORMAT = "lors-compressed"
+FORMAT_VERSION = "1"
+SEP = "::"
+_PARTS = ("us", "v", "idx", "val")
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
+    n = 1
+    for x in shape:
+        n *= int(x)
+    return n * torch.empty((), dtype=dtype).element_size()
+
+
+def is_compressed(metadata: dict[str, str] | None) -> bool:
+    """Whether a safetensors metadata dict is that of a compressed task vector."""
+    return bool(metadata) and metadata.get("speechmerge_format") == FORMAT
+
+
+def _plan(
+    name: str, dtype: torch.dtype, shape: tuple[int, ...], rank_ratio: float, keep_ratio: float
+) -> list[TensorSpec] | None:
+    """Stored tensors of one prunable matrix, or None to store it dense."""
+    meta = torch.empty(shape, dtype=dtype, device="meta")
+    if not is_prunable(name, meta):
+        return None
+    d, k = shape
+    r = rank_from_ratio(shape, rank_ratio)
+    if r >= min(d, k):  # SVP is the identity and the residual is 0: LoRS(τ) = τ
+        return None
+    wd = _work_dtype(dtype)
+    nnz = count_from_ratio(d * k, keep_ratio)
+    specs = [
+        (f"{name}{SEP}us", wd, (d, r)),
+        (f"{name}{SEP}v", wd, (k, r)),
+        (f"{name}{SEP}idx", torch.int64, (nnz,)),
+        (f"{name}{SEP}val", wd, (nnz,)),
+    ]
+    if sum(_nbytes(dt, sh) for _, dt, sh in specs) >= _nbytes(dtype, shape):
+        return None
+    return specs
+
+
+def _lors_parts(
+    t: Tensor, rank_ratio: float, keep_ratio: float, exact: bool | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(us, v, idx, val) with ``LoRS(t) = us @ vᵀ + scatter(idx, val)`` exactly as
+    :func:`speechmerge.prune.lors_dense` computes it (same SVD, same top-k)."""
+    f = svp_factors(t, rank_ratio, exact=exact)
+    assert f is not None
+    us, v = f
+    wd = _work_dtype(t.dtype)
+    low = (us @ v.T).to(t.dtype)
+    resid = (t.to(wd) - low.to(wd)).reshape(-1)
+    k = count_from_ratio(resid.numel(), keep_ratio)
+    if k > 0:
+        idx = torch.topk(resid.abs(), k, sorted=False).indices.sort().values
+    else:
+        idx = torch.zeros(0, dtype=torch.int64)
+    return us, v, idx.to(torch.int64), resid[idx].contiguous()
+
+
+def compress_lors(
+    tv_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    rank_ratio: float,
+    keep_ratio: float,
+    exact: bool | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Write the compressed LoRS(τ) of the task vector at ``tv_path`` to ``out_path``.
+
+    Streams tensor by tensor; written atomically. ``exact`` is passed to the SVD (None: the
+    seeded randomized SVD for small ranks, as in :func:`speechmerge.prune.svp`). Returns the
+    metadata written (all values are strings, as safetensors metadata must be).
+    """
+    rank_ratio, keep_ratio = float(rank_ratio), float(keep_ratio)
+    for v, what in ((rank_ratio, "rank_ratio"), (keep_ratio, "keep_ratio")):
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"{what} must be in [0, 1], got {v!r}")
+    with SafetensorsReader(tv_path) as r:
+        src_meta = r.metadata() or {}
+        if is_compressed(src_meta):
+            raise ValueError(f"{tv_path} is already a compressed task vector")
+        specs: list[TensorSpec] = []
+        dense_bytes = 0
+        for name in r:
+            if SEP in name:
+                raise ValueError(f"tensor name {name!r} in {tv_path} contains {SEP!r}")
+            dtype, shape = r.dtype(name), r.shape(name)
+            dense_bytes += _nbytes(dtype, shape)
+            plan = _plan(name, dtype, shape, rank_ratio, keep_ratio) if len(shape) == 2 else None
+            specs.extend(plan if plan is not None else [(name, dtype, shape)])
+        compressed_bytes = sum(_nbytes(dt, sh) for _, dt, sh in specs)
+        meta = {k: v for k, v in src_meta.items() if k != "format"}
+        meta.update(
+            {
+                "speechmerge_format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "source": str(tv_path),
+                "rank_ratio": repr(rank_ratio),
+                "keep_ratio": repr(keep_ratio),
+                "exact_svd": str(exact),
+                "dense_bytes": str(dense_bytes),
+                "compressed_bytes": str(compressed_bytes),
+                "compression_ratio": f"{dense_bytes / max(compressed_bytes, 1):.4f}",
+            }
+        )
+        cache: dict[str, Tensor] = {}
+
+        def produce(stored: str) -> Tensor:
+            if SEP not in stored:
+                return r.get_tensor(stored).contiguous()
+            name, part = stored.rsplit(SEP, 1)
+            if part == "us":
+                t = r.get_tensor(name)
+                if not torch.isfinite(t).all():
+                    raise ValueError(f"tensor {name!r} has NaN/Inf values in {tv_path}")
+                cache.clear()
+                cache.update(
+                    zip(_PARTS, _lors_parts(t, rank_ratio, keep_ratio, exact), strict=True)
+                )
+            return cache.pop(part)
+
+        atomic_save_streaming(out_path, specs, produce, meta, progress=progress, desc="compress")
+    return meta
+
+
+class CompressedTaskVector:
+    """Lazy reader of a compressed task vector: ``get_tensor(name)`` is the dense LoRS(τ).
+
+    Interface of :class:`speechmerge.taskvector.SafetensorsReader` (``keys``, ``get_tensor``,
+    ``shape``, ``dtype``, ``metadata``, context manager) over the *logical* tensor names.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._r = SafetensorsReader(path)
+        meta = self._r.metadata()
+        if not is_compressed(meta):
+            self._r.close()
+            raise ValueError(f"{path} is not a compressed task vector (metadata {meta})")
+        if meta.get("format_version") != FORMAT_VERSION:  # type: ignore[union-attr]
+            self._r.close()
+            raise ValueError(
+                f"{path}: unsupported compressed format version {meta.get('format_version')!r}"  # type: ignore[union-attr]
+            )
+        self._names: list[str] = []
+        self._compressed: set[str] = set()
+        stored = set(self._r.keys())
+        for s in self._r:
+            if SEP not in s:
+                self._names.append(s)
+            elif s.endswith(f"{SEP}us"):
+                name = s[: -len(f"{SEP}us")]
+                missing = [p for p in _PARTS if f"{name}{SEP}{p}" not in stored]
+                if missing:
+                    self._r.close()
+                    raise ValueError(f"{path}: tensor {name!r} lacks {SEP}{missing[0]}")
+                self._names.append(name)
+                self._compressed.add(name)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._r.close()
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+    def metadata(self) -> dict[str, str] | None:
+        return self._r.metadata()
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if name in self._compressed:
+            return (self._r.shape(f"{name}{SEP}us")[0], self._r.shape(f"{name}{SEP}v")[0])
+        return self._r.shape(name)
+
+    def dtype(self, name: str) -> torch.dtype:
+        if name in self._compressed:
+            return self._r.dtype(f"{name}{SEP}val")
+        return self._r.dtype(name)
+
+    def get_tensor(self, name: str) -> Tensor:
+        if name not in self._compressed:
+            return self._r.get_tensor(name)
+        us, v = self._r.get_tensor(f"{name}{SEP}us"), self._r.get_tensor(f"{name}{SEP}v")
+        idx, val = self._r.get_tensor(f"{name}{SEP}idx"), self._r.get_tensor(f"{name}{SEP}val")
+        d, k = us.shape[0], v.shape[0]
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= d * k):
+            raise ValueError(f"tensor {name!r} in {self.path}: sparse index out of range")
+        low = us @ v.T
+        sparse = torch.zeros(d * k, dtype=val.dtype)
+        sparse[idx] = val
+        return low + sparse.reshape(d, k)
+
+
+def open_task_vector(path: str | os.PathLike[str]) -> SafetensorsReader | CompressedTaskVector:
+    """A reader for a dense or a compressed task-vector file (detected by its metadata)."""
+    r = SafetensorsReader(path)
+    if is_compressed(r.metadata()):
+        r.close()
+        return CompressedTaskVector(path)
+    return r
+
+
+def decompress(
+    path: str | os.PathLike[str], out_path: str | os.PathLike[str], progress: bool = False
+) -> Path:
+    """Write the dense LoRS(τ) of a compressed task vector as a plain task-vector file."""
+    with CompressedTaskVector(path) as c:
+        meta = {
+            k: v
+            for k, v in (c.metadata() or {}).items()
+            if k not in ("speechmerge_format", "format_version")
+        }
+        meta["decompressed_from"] = str(path)
+        specs = [(n, c.dtype(n), c.shape(n)) for n in c]
+        atomic_save_streaming(out_path, specs, c.get_tensor, meta, progress=progress)
+    return Path(out_path)
