@@ -32,6 +32,8 @@ rule taskvector:
         f"{R}/taskvectors/{{lang}}-{{task}}.safetensors",
     log:
         "logs/taskvector/{lang}-{task}.log",
+    benchmark:
+        "benchmarks/taskvector/{lang}-{task}.tsv"
     conda:
         "../envs/speechmerge.yaml"
     script:

@@ -9,6 +9,8 @@ rule score_pretrained:
         f"{R}/scores/pretrained/{{lang}}-{{task}}.json",
     log:
         "logs/score/pretrained/{lang}-{task}.log",
+    benchmark:
+        "benchmarks/score/pretrained/{lang}-{task}.tsv"
     conda:
         "../envs/speechmerge.yaml"
     threads: 1
@@ -30,6 +32,8 @@ use rule score_pretrained as score_finetuned with:
         f"{R}/scores/finetuned/{{lang}}-{{task}}.json",
     log:
         "logs/score/finetuned/{lang}-{task}.log",
+    benchmark:
+        "benchmarks/score/finetuned/{lang}-{task}.tsv"
 
 
 rule score_merged:
