@@ -138,7 +138,8 @@ def test_unknown_language_fails_at_start(tmp_path: Path):
         "languages=[xx]",
     )
     assert res.returncode != 0
-    assert "languages" in res.stderr and "xx" in res.stderr
+    out = res.stdout + res.stderr
+    assert "languages" in out and "xx" in out
     assert not (tmp_path / "results").exists()
 
 
@@ -149,12 +150,17 @@ def test_missing_key_fails_at_start(tmp_path: Path):
     bad.write_text(yaml.safe_dump(config))
     res = snakemake(tmp_path, "-n", "--configfile", str(bad))
     assert res.returncode != 0
-    assert "lr" in res.stderr and "finetune" in res.stderr
+    out = res.stdout + res.stderr
+    assert "lr" in out and "finetune" in out
 
 
 def test_killed_job_leaves_no_complete_output(tmp_path: Path):
     """Kill the whole workflow (SIGKILL, no clean-up possible) while the base model is being
-    written/trained: the output folder must not exist, so Snakemake reruns the job."""
+    trained: the output folder must not exist, so Snakemake reruns the job."""
+    config = yaml.safe_load((REPO / "configs/smoke.yaml").read_text())
+    config["base"]["synthetic"]["train"]["steps"] = 100_000  # never finishes on its own
+    endless = tmp_path / "endless.yaml"
+    endless.write_text(yaml.safe_dump(config))
     cmd = [
         SNAKEMAKE,
         "-s",
@@ -164,14 +170,7 @@ def test_killed_job_leaves_no_complete_output(tmp_path: Path):
         "--cores",
         "2",
         "--configfile",
-        str(REPO / "configs/smoke.yaml"),
-        "--config",
-        (
-            "base={source: synthetic, synthetic: {languages: [ca, de], chunk_seconds: 3, "
-            "vocab_size: 300, arch: {num_mel_bins: 80, d_model: 32, encoder_layers: 1, "
-            "decoder_layers: 1, attention_heads: 2, ffn_dim: 64, max_target_positions: 32}, "
-            "train: {lr: 0.001, batch_size: 8, steps: 100000}}}"
-        ),
+        str(endless),
     ]
     proc = subprocess.Popen(
         cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -182,6 +181,8 @@ def test_killed_job_leaves_no_complete_output(tmp_path: Path):
         while time.time() < deadline:
             if log.exists() and "train:" in log.read_text(errors="replace"):
                 break
+            if proc.poll() is not None:
+                pytest.fail(f"snakemake exited early with code {proc.returncode}")
             time.sleep(1)
         else:
             pytest.fail("base training never started")
@@ -190,3 +191,7 @@ def test_killed_job_leaves_no_complete_output(tmp_path: Path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not (tmp_path / "results/models/base").exists()
+    # and Snakemake plans the base again
+    res = snakemake(tmp_path, "-n", "--configfile", str(endless))
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "rule base:" in res.stdout or "localrule base:" in res.stdout
