@@ -58,11 +58,12 @@ def score_model(
     Files are written atomically.
     """
     import csv
+    import io
     import json
-    import os
     import time
     from pathlib import Path
 
+    from .atomic import atomic_write_text
     from .metrics import score
     from .model import load_pretrained
     from .train import FIELD
@@ -95,16 +96,11 @@ def score_model(
             "seconds": round(time.time() - t0, 2),
         }
         out_json = Path(out_json)
-        out_json.parent.mkdir(parents=True, exist_ok=True)
-        hyp_path = out_json.with_suffix(".hyp.tsv")
-        tmp = hyp_path.with_name(f".{hyp_path.name}.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.writer(f, delimiter="\t", lineterminator="\n")
-            w.writerow(["id", "reference", "hypothesis"])
-            w.writerows([r.id, ref, hyp] for r, ref, hyp in zip(rows, refs, hyps))
-        os.replace(tmp, hyp_path)
-        tmp = out_json.with_name(f".{out_json.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-        os.replace(tmp, out_json)
+        table = io.StringIO()
+        w = csv.writer(table, delimiter="\t", lineterminator="\n")
+        w.writerow(["id", "reference", "hypothesis"])
+        w.writerows([r.id, ref, hyp] for r, ref, hyp in zip(rows, refs, hyps))
+        atomic_write_text(out_json.with_suffix(".hyp.tsv"), table.getvalue())
+        atomic_write_text(out_json, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
         results.append(result)
     return results

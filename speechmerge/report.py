@@ -7,10 +7,11 @@ and ``{scores}/merged/{setting}/{method}/{lang}-{task}.json`` (see :func:`speech
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
+
+from .atomic import atomic_write_text
 
 METHOD_NAMES = {
     "wa": "Weight Averaging",
@@ -139,11 +140,5 @@ def write_tables(config: dict, settings: dict, scores_root, csv_paths: list[str]
         title = (
             f"**{name.replace('table', 'Table ')}** ({config.get('preset', '')}): {CAPTIONS[name]}"
         )
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        for path, text in (
-            (csv_path, df.round(4).to_csv()),
-            (csv_path.with_suffix(".md"), to_markdown(df, title)),
-        ):
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
+        atomic_write_text(csv_path, df.round(4).to_csv())
+        atomic_write_text(csv_path.with_suffix(".md"), to_markdown(df, title))
