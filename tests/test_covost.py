@@ -200,7 +200,7 @@ def test_official_recipe(tmp_path):
     assert [r.id for r in read_tsv(out / "test.tsv")] == ["sv-test-common_voice_sv-SE_3"]
 
 
-def test_pretrained_base_by_path(tmp_path):
+def test_pretrained_base_by_path(tmp_path, arch_tiny):
     """A tiny Whisper in a Hub-style dir (save_pretrained), snapshotted by path as
     `openai/whisper-small` would be by name."""
     import torch
@@ -209,16 +209,7 @@ def test_pretrained_base_by_path(tmp_path):
     from speechmerge.train import snapshot_pretrained
 
     tok = build_tokenizer(["eins zwei drei", "one two three"], ["de"], 300)
-    arch = {
-        "num_mel_bins": 80,
-        "d_model": 16,
-        "encoder_layers": 1,
-        "decoder_layers": 1,
-        "attention_heads": 2,
-        "ffn_dim": 32,
-        "max_target_positions": 16,
-    }
-    model, processor = build_synthetic_base(tok, arch, chunk_seconds=1, seed=0)
+    model, processor = build_synthetic_base(tok, arch_tiny, chunk_seconds=1, seed=0)
     hub = tmp_path / "whisper-tiny-local"
     model.save_pretrained(hub)
     processor.save_pretrained(hub)

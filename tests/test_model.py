@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import ARCH_TINY
 from num2words import num2words
 
 from speechmerge.corpus import LANGUAGES
@@ -25,15 +26,6 @@ from speechmerge.model import (
 from speechmerge.train import target_ids
 
 LANGS = ["ca", "de"]
-ARCH_TINY = {
-    "num_mel_bins": 80,
-    "d_model": 16,
-    "encoder_layers": 1,
-    "decoder_layers": 1,
-    "attention_heads": 2,
-    "ffn_dim": 32,
-    "max_target_positions": 16,
-}
 SPECIALS = [SOT, "<|en|>", "<|ca|>", "<|de|>", TRANSCRIBE, TRANSLATE, NO_TIMESTAMPS, EOT]
 
 

@@ -1,0 +1,20 @@
+"""Shared test helpers."""
+
+import pytest
+
+#: The smallest Whisper architecture the library's base builder accepts; shared by the tests
+#: that need a real (tiny) WhisperForConditionalGeneration.
+ARCH_TINY = {
+    "num_mel_bins": 80,
+    "d_model": 16,
+    "encoder_layers": 1,
+    "decoder_layers": 1,
+    "attention_heads": 2,
+    "ffn_dim": 32,
+    "max_target_positions": 16,
+}
+
+
+@pytest.fixture
+def arch_tiny() -> dict:
+    return dict(ARCH_TINY)
