@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_dir
+from .atomic import atomic_dir, atomic_write_text
 
 COLUMNS = ["id", "audio", "duration", "sentence", "translation"]
 SPLITS = ["base", "train", "dev", "test"]
@@ -146,15 +147,12 @@ def synthesize_language(lang: str, out_dir: str | Path, cfg: dict, seed: int, pr
 
 def write_tsv(rows: list[Utterance], path: str | Path) -> None:
     """Write a corpus TSV atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
-        w.writerow(COLUMNS)
-        for r in rows:
-            w.writerow([r.id, r.audio, f"{r.duration:.3f}", r.sentence, r.translation])
-    os.replace(tmp, path)
+    table = io.StringIO()
+    w = csv.writer(table, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+    w.writerow(COLUMNS)
+    for r in rows:
+        w.writerow([r.id, r.audio, f"{r.duration:.3f}", r.sentence, r.translation])
+    atomic_write_text(path, table.getvalue())
 
 
 def read_tsv(path: str | Path) -> list[Utterance]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 import time
 
@@ -25,7 +24,6 @@ def job_log(path: str | None, threads: int | None = None):
         import torch
 
         torch.set_num_threads(int(threads))
-        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     t0 = time.time()
     try:
         yield logging.getLogger("speechmerge.job")
