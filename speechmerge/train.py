@@ -88,19 +88,39 @@ def collate(batch: list[Example], pad_id: int):
     return feats, dec, lab
 
 
-def _ctc_loss(head, encoder_states, batch: list[Example]):
+def _ctc_row_losses(head, encoder_states, batch: list[Example]):
+    """Per-row CTC loss divided by its target length (what ``reduction="mean"`` averages);
+    0 for rows without CTC targets. Returns (losses, has_target mask)."""
     import torch
 
     rows = [i for i, e in enumerate(batch) if e.ctc_targets]
+    out = encoder_states.new_zeros(len(batch), dtype=torch.float32)
     if not rows:
-        return encoder_states.sum() * 0.0
+        return out + encoder_states.sum() * 0.0
     logp = head(encoder_states[rows]).float().log_softmax(-1).transpose(0, 1)  # (T, B, V)
     targets = torch.cat([torch.tensor(batch[i].ctc_targets) for i in rows]).to(logp.device)
     t_len = torch.full((len(rows),), logp.shape[0], dtype=torch.long)
     y_len = torch.tensor([len(batch[i].ctc_targets) for i in rows])
-    return torch.nn.functional.ctc_loss(
-        logp, targets, t_len, y_len, blank=logp.shape[-1] - 1, zero_infinity=True
+    losses = torch.nn.functional.ctc_loss(
+        logp, targets, t_len, y_len, blank=logp.shape[-1] - 1, reduction="none", zero_infinity=True
     )
+    return out.index_put((torch.tensor(rows, device=out.device),), losses / y_len.to(losses))
+
+
+def optimizer_steps(n_examples: int, batch_size: int, grad_accum: int, epochs: float) -> int:
+    """Optimiser steps of `epochs` passes over `n_examples` (what :func:`train` runs): a pass
+    is ⌈n / batch_size⌉ batches, grouped by `grad_accum` into optimiser steps (at least 1)."""
+    steps_per_epoch = max(1, math.ceil(n_examples / batch_size) // grad_accum)
+    return max(1, round(epochs * steps_per_epoch))
+
+
+def micro_batches(batches: list[list[int]], micro_batch_size: int):
+    """Regroup one optimiser step's `batches` (lists of example indices) into micro-batches
+    of at most `micro_batch_size`, in the same order. Yields lists of (batch number, index):
+    the batch number says whose loss normalisation an example's tokens belong to."""
+    flat = [(k, i) for k, idx in enumerate(batches) for i in idx]
+    for start in range(0, len(flat), micro_batch_size):
+        yield flat[start : start + micro_batch_size]
 
 
 def train(
@@ -113,6 +133,7 @@ def train(
     grad_accum: int = 1,
     epochs: float | None = None,
     max_steps: int | None = None,
+    micro_batch_size: int | None = None,
     warmup_steps: int = 0,
     schedule: str = "constant",
     weight_decay: float = 0.0,
@@ -127,6 +148,15 @@ def train(
     pre-train the synthetic base). `ctc_weight` > 0 adds an auxiliary CTC loss on the encoder
     output for ASR examples (a throw-away linear head; it speeds up learning the audio-text
     alignment when pre-training from scratch and is not part of the saved model).
+
+    One optimiser step draws `grad_accum` batches of `batch_size` examples (reshuffling the
+    examples whenever fewer than a batch remain) and minimises the mean over those batches
+    of each batch's loss, the mean over its label tokens (Hugging Face's loss), i.e. batch
+    `batch_size` with `grad_accum` accumulation iterations. `micro_batch_size` (default
+    `batch_size`) only sets how many of the step's examples go through one forward/backward
+    pass: every token is weighted by 1 / (its batch's token count · grad_accum), so the
+    gradient, and the examples and their order, are the same for any value (up to float
+    rounding). Larger micro-batches are faster on a CPU; smaller ones fit a smaller GPU.
     Returns a summary (steps, final loss, seconds)."""
     import torch
     from tqdm import tqdm
@@ -147,10 +177,11 @@ def train(
         params += list(ctc_head.parameters())
     # Adam (the paper's optimiser); AdamW with weight_decay 0 is exactly Adam.
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    micro_per_epoch = math.ceil(len(examples) / batch_size)
-    steps_per_epoch = max(1, micro_per_epoch // grad_accum)
-    total = max_steps if max_steps is not None else round((epochs or 1) * steps_per_epoch)
-    total = max(1, total)
+    if max_steps is not None:
+        total = max(1, max_steps)
+    else:
+        total = optimizer_steps(len(examples), batch_size, grad_accum, epochs or 1)
+    micro = micro_batch_size or batch_size
 
     def lr_at(step: int) -> float:
         if step < warmup_steps:
@@ -166,29 +197,40 @@ def train(
     order: list[int] = []
     t0 = time.time()
     ema = None
+    decay = 0.98**grad_accum  # the smoothing of a per-batch EMA with decay 0.98
     bar = tqdm(total=total, desc="train", disable=not progress, mininterval=5)
     for step in range(total):
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
+        batches = []
         for _ in range(grad_accum):
             if len(order) < batch_size:
                 fresh = list(range(len(examples)))
                 rng.shuffle(fresh)
                 order.extend(fresh)
             idx, order = order[:batch_size], order[batch_size:]
-            feats, dec, lab = collate([examples[i] for i in idx], pad_id)
+            batches.append(idx)
+        tokens = [sum(sum(t >= 0 for t in examples[i].labels) for i in idx) for idx in batches]
+        ctc_rows = [sum(bool(examples[i].ctc_targets) for i in idx) for idx in batches]
+        value = 0.0
+        for chunk in micro_batches(batches, micro):
+            batch = [examples[i] for _, i in chunk]
+            feats, dec, lab = collate(batch, pad_id)
             feats, dec, lab = feats.to(device), dec.to(device), lab.to(device)
+            w_tok = torch.tensor([1.0 / (tokens[k] * grad_accum) for k, _ in chunk], device=device)
             with torch.autocast(device.split(":")[0], dtype=amp, enabled=amp is not None):
-                out = model(input_features=feats, decoder_input_ids=dec, labels=lab)
-                loss = out.loss
+                out = model(input_features=feats, decoder_input_ids=dec, use_cache=False)
+                ce = torch.nn.functional.cross_entropy(
+                    out.logits.float().transpose(1, 2), lab, ignore_index=-100, reduction="none"
+                )  # (B, T), 0 where ignored
+                loss = (ce.sum(1) * w_tok).sum()
                 if ctc_head is not None:
-                    loss = loss + ctc_weight * _ctc_loss(
-                        ctc_head, out.encoder_last_hidden_state, [examples[i] for i in idx]
-                    )
-            loss = loss / grad_accum
+                    w_ctc = [1.0 / (max(1, ctc_rows[k]) * grad_accum) for k, _ in chunk]
+                    per_row = _ctc_row_losses(ctc_head, out.encoder_last_hidden_state, batch)
+                    loss = loss + ctc_weight * (per_row * torch.tensor(w_ctc, device=device)).sum()
             (scaler.scale(loss) if scaler else loss).backward()
-            value = loss.item() * grad_accum
-            ema = value if ema is None else 0.98 * ema + 0.02 * value
+            value += loss.item()
+        ema = value if ema is None else decay * ema + (1 - decay) * value
         if scaler:
             scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -290,6 +332,7 @@ def finetune(base_dir, train_tsv, lang: str, task: str, hp: dict, out_dir, seed:
         epochs=hp["epochs"],
         seed=seed,
         device=device,
+        micro_batch_size=hp.get("micro_batch_size"),
         grad_checkpointing=hp.get("gradient_checkpointing", False),
     )
     model.to("cpu")
