@@ -15,6 +15,13 @@ SETTINGS_HELP = {
     "mlmt": "multi-lingual multi-task: every (language, task) task vector",
 }
 
+#: Training-then-merging settings of Table 4; they merge joint models' task vectors
+#: (:func:`speechmerge.joint.combined_settings`), so :func:`merge_settings` leaves them out.
+COMBINED_SETTINGS = {
+    "mttrain-mlmerge": "MT training, then ML merging: the mt-{lang} joint models' task vectors",
+    "mltrain-mtmerge": "ML training, then MT merging: the ml-asr and ml-st joint models'",
+}
+
 
 def combo(lang: str, task: str) -> str:
     return f"{lang}-{task}"
@@ -37,6 +44,8 @@ def finetune_hparams(config: dict, lang: str, task: str) -> dict:
         "grad_accum": ft["grad_accum"],
         "epochs": ft["epochs"],
         "gradient_checkpointing": ft.get("gradient_checkpointing", False),
+        # only when set, so that configs without it keep their fine-tunes' params
+        **({"micro_batch_size": ft["micro_batch_size"]} if ft.get("micro_batch_size") else {}),
     }
 
 
@@ -61,9 +70,10 @@ def merge_settings(config: dict) -> dict[str, list[tuple[str, str]]]:
         elif s == "mlmt":
             if len(tasks) > 1 and len(langs) > 1:
                 out[s] = [(lang, t) for lang in langs for t in tasks]
-        else:
+        elif s not in COMBINED_SETTINGS:
             raise ValueError(
-                f"merge.settings: unknown setting {s!r}; known: {sorted(SETTINGS_HELP)}"
+                f"merge.settings: unknown setting {s!r}; known: "
+                f"{sorted(SETTINGS_HELP) + sorted(COMBINED_SETTINGS)}"
             )
     return out
 

@@ -149,8 +149,11 @@ def test_per_combination_overrides(smoke):
         "grad_accum": 1,
         "epochs": 1,
         "gradient_checkpointing": False,
+        "micro_batch_size": 4,
     }
     assert finetune_hparams(smoke, "ca", "asr")["lr"] == 1e-4
+    del smoke["finetune"]["micro_batch_size"]  # absent: not in the params (no reruns)
+    assert "micro_batch_size" not in finetune_hparams(smoke, "ca", "asr")
 
 
 def test_train_hours(smoke):
