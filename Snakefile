@@ -20,6 +20,7 @@ include: "rules/base.smk"
 include: "rules/finetune.smk"
 include: "rules/merge.smk"
 include: "rules/score.smk"
+include: "rules/joint.smk"
 include: "rules/report.smk"
 
 

@@ -4,6 +4,7 @@ import os
 import re
 
 from speechmerge import config as smcfg
+from speechmerge import joint as smjoint
 from speechmerge.corpus import LANGUAGES as ALL_LANGS
 
 smcfg.check_languages(config)
@@ -12,6 +13,9 @@ LANGS = config["languages"]
 TASKS = config["tasks"]
 PAIRS = [(lang, task) for lang in LANGS for task in TASKS]
 SETTINGS = smcfg.merge_settings(config)
+JOINT = smjoint.joint_models(config)  # joint-training baselines (rules/joint.smk)
+COMBINED = smjoint.combined_settings(config)  # Table 4's training-then-merging settings
+COMBINED_METHODS = smjoint.combined_methods(config)
 METHODS = config["merge"]["methods"]
 R = "results"
 
@@ -58,6 +62,8 @@ def score_files():
         for setting in SETTINGS
         for method in METHODS
     ]
+    files += [f"{R}/scores/joint/{name}" for name in JOINT]
+    files += [f"{R}/scores/merged/{s}/{m}" for s in COMBINED for m in COMBINED_METHODS]
     return files
 
 

@@ -1,0 +1,19 @@
+"""Rule joint: a joint-training baseline on the union of its pairs' fine-tuning data."""
+
+from speechmerge.joint import pair_languages, train_joint
+from speechmerge.logutil import job_log
+from speechmerge.model import select_device
+
+sm = snakemake  # noqa: F821
+with job_log(sm.log[0], sm.threads) as log:
+    pairs = [tuple(p) for p in sm.params.pairs]
+    summary = train_joint(
+        sm.input.base,
+        dict(zip(pair_languages(pairs), sm.input.train)),
+        pairs,
+        sm.params.hp,
+        sm.output[0],
+        sm.params.seed,
+        select_device(sm.params.device),
+    )
+    log.info("joint %s: %s", sm.wildcards.joint, summary)
