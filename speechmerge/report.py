@@ -1,7 +1,8 @@
 """The paper's tables from score files (pandas → CSV + a Markdown twin).
 
-Score files: ``{scores}/pretrained/{lang}-{task}.json``, ``{scores}/finetuned/{lang}-{task}.json``
-and ``{scores}/merged/{setting}/{method}/{lang}-{task}.json`` (see :func:`speechmerge.decode.score_model`).
+Score files: ``{scores}/pretrained/{lang}-{task}.json``, ``{scores}/finetuned/{lang}-{task}.json``,
+``{scores}/merged/{setting}/{method}/{lang}-{task}.json`` and, for the joint-training
+baselines, ``{scores}/joint/{name}/{lang}-{task}.json`` (see :func:`speechmerge.decode.score_model`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from .atomic import atomic_write_text
+from .joint import combined_methods, combined_settings, joint_models
 
 METHOD_NAMES = {
     "wa": "Weight Averaging",
@@ -31,7 +33,7 @@ CAPTIONS = {
     "table1": "Multi-lingual ASR model merging (WER ↓, %). Finetuned is the topline; Avg. averages WER directly.",
     "table2": "Multi-lingual ST model merging (BLEU ↑). Finetuned is the topline; Avg. averages BLEU directly.",
     "table3": "Multi-task model merging performed on each language independently; WER/BLEU averaged across languages.",
-    "table4": "Multi-lingual multi-task model merging (all task vectors). Avg. averages WER or BLEU directly.",
+    "table4": "Multi-lingual multi-task model merging (all task vectors). Avg. averages WER or BLEU directly. With joint training configured: ML and MT training; MT training (per language) and it + ML merging of the per-language models; ML training (per task) and it + MT merging of the per-task models.",
     "table11": "Multi-task model merging, per-language detail of Table 3.",
 }
 
@@ -61,6 +63,34 @@ class Scores:
     def merged(self, setting: str, method: str, lang: str, task: str) -> float:
         return read_score(self.root / "merged" / setting / method / f"{lang}-{task}.json")
 
+    def joint(self, name: str, lang: str, task: str) -> float:
+        return read_score(self.root / "joint" / name / f"{lang}-{task}.json")
+
+
+def _training_rows(config: dict, s: Scores, pairs: list[tuple[str, str]]) -> dict[str, dict]:
+    """Table 4's joint-training rows, each followed by its training-then-merging rows (paper
+    Table 4): "ML and MT training"; "MT training", "MT training + ML <method>"; "ML training",
+    "ML training + MT <method>". Only the configured ones."""
+    joint, combined = joint_models(config), combined_settings(config)
+    rows: dict[str, dict] = {}
+    if "mlmt" in joint:
+        rows["ML and MT training"] = {p: s.joint("mlmt", *p) for p in pairs}
+    if all(f"mt-{lang}" in joint for lang, _ in pairs):
+        rows["MT training"] = {(lang, t): s.joint(f"mt-{lang}", lang, t) for lang, t in pairs}
+    if "mttrain-mlmerge" in combined:
+        for m in combined_methods(config):
+            rows[f"MT training + ML {METHOD_NAMES[m]}"] = {
+                p: s.merged("mttrain-mlmerge", m, *p) for p in pairs
+            }
+    if all(f"ml-{t}" in joint for _, t in pairs):
+        rows["ML training"] = {(lang, t): s.joint(f"ml-{t}", lang, t) for lang, t in pairs}
+    if "mltrain-mtmerge" in combined:
+        for m in combined_methods(config):
+            rows[f"ML training + MT {METHOD_NAMES[m]}"] = {
+                p: s.merged("mltrain-mtmerge", m, *p) for p in pairs
+            }
+    return rows
+
 
 def _per_language(rows: dict[str, dict[str, float]], langs: list[str]) -> pd.DataFrame:
     df = pd.DataFrame.from_dict(rows, orient="index")[langs]
@@ -85,9 +115,13 @@ def _two_task(rows: dict[str, dict[tuple[str, str], float]], langs: list[str]) -
 
 def build_tables(config: dict, settings: dict, scores_root: str | Path) -> dict[str, pd.DataFrame]:
     """The tables the configured settings can fill: table1 (ML ASR), table2 (ML ST),
-    table3/table11 (MT per language), table4 (ML + MT)."""
+    table3/table11 (MT per language), table4 (ML + MT). Configured joint-training baselines
+    (``joint.settings``) add their rows after Finetuned, as in the paper: "Multi-lingual
+    training" (tables 1, 2), "Multi-task training" (3, 11); Table 4 also gets the
+    training-then-merging rows (:func:`_training_rows`)."""
     s = Scores(scores_root)
     langs, methods = config["languages"], config["merge"]["methods"]
+    joint = joint_models(config)
     tables: dict[str, pd.DataFrame] = {}
     for name, setting, task in (("table1", "ml-asr", "asr"), ("table2", "ml-st", "st")):
         if setting not in settings:
@@ -96,6 +130,8 @@ def build_tables(config: dict, settings: dict, scores_root: str | Path) -> dict[
             "Pretrained": {lang: s.pretrained(lang, task) for lang in langs},
             "Finetuned": {lang: s.finetuned(lang, task) for lang in langs},
         }
+        if setting in joint:
+            rows["Multi-lingual training"] = {lang: s.joint(setting, lang, task) for lang in langs}
         for m in methods:
             rows[METHOD_NAMES[m]] = {lang: s.merged(setting, m, lang, task) for lang in langs}
         tables[name] = _per_language(rows, langs)
@@ -106,6 +142,10 @@ def build_tables(config: dict, settings: dict, scores_root: str | Path) -> dict[
     }
     if all(f"mt-{lang}" in settings for lang in langs):
         rows = dict(base_rows)
+        if all(f"mt-{lang}" in joint for lang in langs):
+            rows["Multi-task training"] = {
+                (lang, t): s.joint(f"mt-{lang}", lang, t) for lang, t in pairs
+            }
         for m in methods:
             rows[METHOD_NAMES[m]] = {
                 (lang, t): s.merged(f"mt-{lang}", m, lang, t) for lang, t in pairs
@@ -117,8 +157,12 @@ def build_tables(config: dict, settings: dict, scores_root: str | Path) -> dict[
         tables["table11"] = detail
     if "mlmt" in settings:
         rows = dict(base_rows)
+        training = _training_rows(config, s, pairs)
+        if "ML and MT training" in training:
+            rows["ML and MT training"] = training.pop("ML and MT training")
         for m in methods:
             rows[f"ML and MT {METHOD_NAMES[m]}"] = {p: s.merged("mlmt", m, *p) for p in pairs}
+        rows.update(training)
         tables["table4"] = _two_task(rows, langs)
     return tables
 
