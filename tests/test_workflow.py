@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -50,6 +51,7 @@ def test_smoke_tables_numeric(smoke_run: Path):
     assert list(t1.index) == [
         "Pretrained",
         "Finetuned",
+        "Multi-lingual training",
         "Weight Averaging",
         "Task Arithmetic",
         "MP-Merging",
@@ -57,11 +59,33 @@ def test_smoke_tables_numeric(smoke_run: Path):
         "LoRS-Merging",
     ]
     assert t1["Avg."].tolist() == pytest.approx(t1[langs].mean(axis=1).tolist())
+    assert "Multi-task training" in pd.read_csv(tables["table3"], index_col=0).index
+
+
+def test_smoke_table4_training_and_combined_rows(smoke_run: Path):
+    """Table 4 as the paper's: joint training rows, each followed by its merges."""
+    t4 = pd.read_csv(smoke_run / "results/tables/table4.csv", index_col=0)
+    rows = list(t4.index)
+    expected = [
+        "ML and MT training",
+        "MT training",
+        "MT training + ML Task Arithmetic",
+        "MT training + ML LoRS-Merging",
+        "ML training",
+        "ML training + MT Task Arithmetic",
+        "ML training + MT LoRS-Merging",
+    ]
+    assert rows[:3] == ["Pretrained", "Finetuned", "ML and MT training"]
+    assert rows[-6:] == expected[1:]
+    assert t4.loc[expected].map(math.isfinite).all().all()
+    info = json.loads((smoke_run / "results/merged/mltrain-mtmerge/lors/merge.json").read_text())
+    assert info["method"] == "lors"
+    log = (smoke_run / "logs/joint/mlmt.log").read_text()
+    assert "optimiser steps (sum of the fine-tunes')" in log
+    assert (smoke_run / "benchmarks/joint/mlmt.tsv").exists()
 
 
 def test_smoke_scores_and_hypotheses(smoke_run: Path):
-    import json
-
     score = json.loads((smoke_run / "results/scores/finetuned/ca-st.json").read_text())
     assert score["metric"] == "bleu" and "nrefs:1" in score["signature"]
     hyp = smoke_run / "results/scores/finetuned/ca-st.hyp.tsv"
@@ -125,6 +149,13 @@ def test_adding_a_language_reruns_only_what_depends_on_it(smoke_run: Path):
     # merges: every setting containing es, and none that does not (mt-ca, mt-de)
     settings = {wc["setting"] for wc in by_rule["merge"]}
     assert settings == {"ml-asr", "ml-st", "mt-es", "mlmt"}
+    # joint training: the models that train on es, not mt-ca / mt-de
+    assert {wc["joint"] for wc in by_rule["joint"]} == {"ml-asr", "ml-st", "mt-es", "mlmt"}
+    assert {wc["joint"] for wc in by_rule["joint_taskvector"]} == {"ml-asr", "ml-st", "mt-es"}
+    assert {wc["combined"] for wc in by_rule["merge_combined"]} == {
+        "mttrain-mlmerge",
+        "mltrain-mtmerge",
+    }
     assert "tables" in by_rule
 
 
