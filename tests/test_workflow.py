@@ -31,7 +31,10 @@ def snakemake(workdir: Path, *args: str, timeout: int = 600, **kw) -> subprocess
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("smoke")
-    res = snakemake(workdir, "--cores", "2", "--configfile", str(REPO / "configs/smoke.yaml"))
+    # 96 jobs; ~6 min at load 4-6 on the 2-core machine (joint training added 24 jobs)
+    res = snakemake(
+        workdir, "--cores", "2", "--configfile", str(REPO / "configs/smoke.yaml"), timeout=1200
+    )
     assert res.returncode == 0, res.stderr[-5000:]
     return workdir
 
