@@ -90,10 +90,18 @@ def fig4_dirs():
 
 
 def fig4_joint_dirs():
-    """Multi-lingual training scores per "scale/task" for Figure 4. STUB: empty until joint
-    training (branch issue5a, rules/joint.smk) is merged; then return, for each scale and task,
-    the score folder of joint ml-{task} training on that scale's subsets."""
-    return {}
+    """Multi-lingual training score folders of Figure 4, {"scale/task": folder}.
+
+    Joint training comes from rules/joint.smk (branch issue5a): where it defines JOINT with
+    ml-{task} models, their full-data scores are Figure 4's points at scale 1. STUB: points at
+    scales < 1 need joint ml-{task} training on subsets/{lang}/train@{scale}.tsv (a rule
+    `joint_scaled` -> models/joint@{scale}/ml-{task}, scored to scores/joint@{scale}/ml-{task});
+    add them here as f"{scale}/{task}" entries once that exists.
+    """
+    joint = globals().get("JOINT", {})
+    if "1" not in ALL_SCALES:
+        return {}
+    return {f"1/{t}": f"{R}/scores/joint/ml-{t}" for t in TASKS if f"ml-{t}" in joint}
 
 
 def fig4_inputs():

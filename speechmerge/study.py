@@ -232,6 +232,10 @@ def hparam_tables(
         rows["Finetuned: learning rate"] = {
             lang: smcfg.finetune_hparams(config, lang, task)["lr"] for lang in langs
         }
+        joint = config.get("joint") or {}  # joint training (speechmerge.joint), if configured
+        if setting in joint.get("settings", []) and "lr" in joint:
+            lr = joint["lr"].get(setting, joint["lr"].get("default"))
+            rows["Multi-lingual training: learning rate"] = {lang: lr for lang in langs}
         for m in methods:
             if m == "wa":
                 continue

@@ -230,6 +230,11 @@ def test_hparam_tables_from_config_and_selection(tmp_path, smoke):
     assert t6.loc["LoRS-Merging: MP ratio p (%)", "de"] == pytest.approx(10.0)
     assert t6.loc["Task Arithmetic: scaling factor λ", "ca"] == pytest.approx(0.15)
     assert t6.notna().all().all()
+    # joint training (issue 5a's `joint` section) adds its learning rate
+    smoke["joint"] = {"settings": ["ml-asr"], "lr": {"default": 1e-4, "ml-asr": 2e-4}}
+    t5 = study.hparam_tables(smoke, settings)["table5"]
+    assert t5.loc["Multi-lingual training: learning rate", "de"] == pytest.approx(2e-4)
+    del smoke["joint"]
     out = tmp_path / "tables"
     study.write_hparam_tables(smoke, settings, [str(out / "table5.csv"), str(out / "table6.csv")])
     assert "Table 6" in (out / "table6.md").read_text()
