@@ -15,12 +15,15 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/study_common.smk"
 include: "rules/corpus.smk"
 include: "rules/base.smk"
 include: "rules/finetune.smk"
+include: "rules/select.smk"
 include: "rules/merge.smk"
 include: "rules/score.smk"
 include: "rules/joint.smk"
+include: "rules/study.smk"
 include: "rules/report.smk"
 
 

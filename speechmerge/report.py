@@ -35,6 +35,11 @@ CAPTIONS = {
     "table3": "Multi-task model merging performed on each language independently; WER/BLEU averaged across languages.",
     "table4": "Multi-lingual multi-task model merging (all task vectors). Avg. averages WER or BLEU directly. With joint training configured: ML and MT training; MT training (per language) and it + ML merging of the per-language models; ML training (per task) and it + MT merging of the per-task models.",
     "table11": "Multi-task model merging, per-language detail of Table 3.",
+    # The low-resource language set (appendix B; speechmerge.study.table_name_map).
+    "table7": "Multi-lingual ASR model merging, low-resource set (WER ↓, %). Finetuned is the topline.",
+    "table8": "Multi-lingual ST model merging, low-resource set (BLEU ↑). Finetuned is the topline.",
+    "table9": "Multi-task model merging on each language independently, low-resource set; Avg. averages WER or BLEU directly.",
+    "table10": "Multi-lingual multi-task model merging, low-resource set. Avg. averages WER or BLEU directly.",
 }
 
 
@@ -173,7 +178,14 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
 
 def write_tables(config: dict, settings: dict, scores_root, csv_paths: list[str]) -> None:
     """Write each requested ``tableN.csv`` and its ``tableN.md`` twin (atomically)."""
-    tables = build_tables(config, settings, scores_root)
+    from .study import table_name_map
+
+    published = table_name_map(config)  # Tables 7-10 for the low-resource set
+    tables = {
+        published[k]: v
+        for k, v in build_tables(config, settings, scores_root).items()
+        if k in published
+    }
     for csv_path in map(Path, csv_paths):
         name = csv_path.stem
         if name not in tables:

@@ -99,8 +99,8 @@ def test_out_of_range_values(smoke, section, key, value):
 
 
 def test_language_not_in_synthetic_base(smoke):
-    smoke["languages"] = ["ca", "de", "pt"]
-    raises(smoke, "base.synthetic.languages", "pt")
+    smoke["languages"] = ["ca", "de", "sv"]
+    raises(smoke, "base.synthetic.languages", "sv")
 
 
 def test_synthetic_source_needs_corpus_section(smoke):

@@ -43,10 +43,11 @@ def test_smoke_tables_numeric(smoke_run: Path):
     config = yaml.safe_load((REPO / "configs/smoke.yaml").read_text())
     langs = config["languages"]
     tables = {p.stem: p for p in (smoke_run / "results/tables").glob("*.csv")}
-    assert set(tables) == {"table1", "table2", "table3", "table4", "table11"}
+    assert set(tables) == {"table1", "table2", "table3", "table4", "table11", "table5", "table6"}
     for name, path in tables.items():
         df = pd.read_csv(path, index_col=0)
-        assert len(df) >= 2 + len(config["merge"]["methods"]), name
+        if name not in ("table5", "table6"):  # hyper-parameter tables: one row per value
+            assert len(df) >= 2 + len(config["merge"]["methods"]), name
         assert df.map(lambda x: isinstance(x, float) and math.isfinite(x)).all().all(), name
         assert (smoke_run / f"results/tables/{name}.md").read_text().count("|") > 10
     t1 = pd.read_csv(tables["table1"], index_col=0)
@@ -86,6 +87,82 @@ def test_smoke_table4_training_and_combined_rows(smoke_run: Path):
     log = (smoke_run / "logs/joint/mlmt.log").read_text()
     assert "optimiser steps (sum of the fine-tunes')" in log
     assert (smoke_run / "benchmarks/joint/mlmt.tsv").exists()
+
+
+def test_smoke_figures(smoke_run: Path):
+    figures = smoke_run / "results/figures"
+    for name, x in (
+        ("fig3-num-languages", "languages"),
+        ("fig4-data-scale", "hours"),
+        ("fig5-retain-ratio", "retain"),
+    ):
+        png = figures / f"{name}.png"
+        assert png.read_bytes()[:4] == b"\x89PNG" and png.stat().st_size > 10_000, name
+        df = pd.read_csv(figures / f"{name}.csv")
+        assert len(df) and df["score"].map(math.isfinite).all() and df[x].notna().all(), name
+    fig4 = pd.read_csv(figures / "fig4-data-scale.csv")
+    assert sorted(set(fig4["scale"])) == [0.5, 1.0]
+    assert set(fig4["system"]) == {"Finetuned", "Task Arithmetic", "LoRS-Merging"}
+    fig5 = pd.read_csv(figures / "fig5-retain-ratio.csv")
+    assert set(fig5["prune"]) == {"svp", "mp"} and sorted(set(fig5["retain"])) == [0.1, 1.0]
+
+
+def test_smoke_dev_selection(smoke_run: Path):
+    """(r, p) per task vector and λ per setting come from the dev split and reach the merges."""
+    import json
+
+    config = yaml.safe_load((REPO / "configs/smoke.yaml").read_text())
+    grid = config["merge"]["select"]
+    sel = json.loads((smoke_run / "results/selection/taskvectors/ca-asr.json").read_text())
+    assert sel["dev_split"].endswith("subsets/ca/dev.tsv")
+    assert len(sel["grid"]) == len(grid["rank_grid"]) * len(grid["keep_grid"])
+    lam = json.loads((smoke_run / "results/selection/lambda/ml-asr.json").read_text())
+    assert set(lam["lambda"]) == {"ta", "lors"}
+    assert all(t.endswith("dev.tsv") for t in lam["dev_splits"])
+    info = json.loads((smoke_run / "results/merged/ml-asr/lors/merge.json").read_text())
+    assert info["lambda"] == lam["lambda"]["lors"]
+    assert info["taskvectors"][0]["params"]["rank_ratio"] == sel["rank_ratio"]
+    t5 = pd.read_csv(smoke_run / "results/tables/table5.csv", index_col=0)
+    assert t5.loc["LoRS-Merging: SVP ratio r (%)", "ca"] == pytest.approx(100 * sel["rank_ratio"])
+
+
+def test_smoke_html_report(smoke_run: Path):
+    res = snakemake(
+        smoke_run, "--report", "report.html", "--configfile", str(REPO / "configs/smoke.yaml")
+    )
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    html = (smoke_run / "report.html").read_text(errors="replace")
+    for name in ("fig3-num-languages.png", "fig5-retain-ratio.png", "table5.csv", "table1.csv"):
+        assert name in html, name
+
+
+@pytest.fixture(scope="module")
+def lowres_run(smoke_run: Path, tmp_path_factory) -> tuple[Path, str]:
+    """The low-resource smoke preset in a copy of the smoke run: same corpus and base, so only
+    nl and pt's subsets, fine-tunes, merges and scores run."""
+    import shutil
+
+    workdir = tmp_path_factory.mktemp("lowres") / "run"
+    shutil.copytree(smoke_run, workdir, symlinks=True)
+    cfg = str(REPO / "configs/smoke-lowres.yaml")
+    res = snakemake(workdir, "--cores", "2", "--configfile", cfg)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
+    return workdir, res.stdout + res.stderr
+
+
+def test_lowres_tables_7_to_10(lowres_run):
+    workdir, out = lowres_run
+    assert "rule base:" not in out and "rule corpus_synthetic:" not in out
+    config = yaml.safe_load((REPO / "configs/smoke-lowres.yaml").read_text())
+    for n in (7, 8, 9, 10):
+        df = pd.read_csv(workdir / f"results/tables/table{n}.csv", index_col=0)
+        assert len(df) >= 2 + len(config["merge"]["methods"]), n
+        assert df.map(lambda x: isinstance(x, float) and math.isfinite(x)).all().all(), n
+        assert f"Table {n}" in (workdir / f"results/tables/table{n}.md").read_text()
+    t7 = pd.read_csv(workdir / "results/tables/table7.csv", index_col=0)
+    assert list(t7.columns) == ["nl", "pt", "Avg."]
+    t9 = pd.read_csv(workdir / "results/tables/table9.csv", index_col=0)
+    assert "WER nl" in t9.columns and "BLEU Avg." in t9.columns
 
 
 def test_smoke_scores_and_hypotheses(smoke_run: Path):

@@ -1,0 +1,31 @@
+"""Rule prune_sweep: one ASR fine-tune's task vector pruned by SVP and by MP at every retain
+ratio (Figure 5), each added to the base and scored on the test set."""
+
+from speechmerge.logutil import job_log
+from speechmerge.model import select_device
+from speechmerge.select import write_json
+from speechmerge.study import prune_sweep
+
+sm = snakemake  # noqa: F821
+with job_log(sm.log[0], sm.threads) as log:
+    w, p = sm.wildcards, sm.params
+    device = select_device(p.device)
+    meta = {"scale": float(w.dscale), "hours": p.hours}
+    sweeps = [
+        prune_sweep(
+            sm.input.base,
+            sm.input.taskvector,
+            w.lang,
+            "asr",
+            sm.input.test,
+            prune,
+            p.ratios,
+            p.decode,
+            device,
+            meta,
+        )
+        for prune in p.prunes
+    ]
+    for s in sweeps:
+        log.info("%s sweep %s@%s: %s", s["prune"], w.lang, w.dscale, s["points"])
+    write_json(sm.output[0], {"sweeps": sweeps})

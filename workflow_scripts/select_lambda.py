@@ -1,0 +1,24 @@
+"""Rule select_lambda: λ per method for one merge setting, by its dev score."""
+
+from speechmerge.logutil import job_log
+from speechmerge.model import select_device
+from speechmerge.select import select_lambda, selected_params, write_json
+
+sm = snakemake  # noqa: F821
+with job_log(sm.log[0], sm.threads) as log:
+    device = select_device(sm.params.device)
+    params = selected_params(sm.params.params, list(sm.input.selections))
+    sel = select_lambda(
+        sm.input.base,
+        list(sm.input.taskvectors),
+        sm.params.pairs,
+        params,
+        list(sm.input.dev),
+        sm.params.methods,
+        sm.params.select,
+        sm.params.decode,
+        device,
+        sm.wildcards.setting,
+    )
+    log.info("selected λ for %s: %s", sm.wildcards.setting, sel["lambda"])
+    write_json(sm.output[0], sel)

@@ -1,0 +1,22 @@
+"""Rule select_taskvector: one task vector's (r, p) by dev score of base + LoRS(τ)."""
+
+from speechmerge.logutil import job_log
+from speechmerge.model import select_device
+from speechmerge.select import select_taskvector, write_json
+
+sm = snakemake  # noqa: F821
+with job_log(sm.log[0], sm.threads) as log:
+    w = sm.wildcards
+    device = select_device(sm.params.device)
+    sel = select_taskvector(
+        sm.input.base,
+        sm.input.taskvector,
+        w.lang,
+        w.task,
+        sm.input.dev,
+        sm.params.select,
+        sm.params.decode,
+        device,
+    )
+    log.info("selected %s-%s: r=%s p=%s", w.lang, w.task, sel["rank_ratio"], sel["keep_ratio"])
+    write_json(sm.output[0], sel)
