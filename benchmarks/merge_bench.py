@@ -12,6 +12,16 @@ exact ``torch.linalg.svd``), (b) mergekit's ``task_arithmetic`` and ``ties`` whe
 installed in ``/tmp/mk`` (``python3.11 -m venv /tmp/mk && /tmp/mk/bin/pip install
 torch==2.13.0 mergekit``); otherwise the reason is recorded.
 
+mergekit workaround: mergekit 0.1.5's ``_data/architectures/whisper.json`` gives the decoder
+module ``"weight_prefix": "model.decoder"`` without the trailing dot (the encoder has
+``"model.encoder."``), so it looks for tensors named ``model.decoderlayers.0...`` and fails on
+every Whisper checkpoint. The benchmark does not touch the installed package: it runs mergekit
+through a small launcher (written to the temp dir, run with ``/tmp/mk/bin/python``) that loads
+a *copy* of that architecture definition with the trailing dot added to every module's
+``weight_prefix``, registers it for ``WhisperForConditionalGeneration`` in mergekit's
+``NAME_TO_ARCH`` table and then calls ``mergekit-yaml``'s ``main()``. The fix is applied only
+when the prefix lacks the dot, so a fixed mergekit release runs unchanged.
+
 Writes ``<out-dir>/merge.json`` (``merge-quick.json`` with ``--quick``): method -> wall
 seconds and peak RSS bytes, plus the size in bytes of one fp32 model. Data go to
 ``<out-dir>/data[-quick]/`` and are reused by later runs.
@@ -252,6 +262,34 @@ def mergekit_status(install: bool) -> tuple[Path | None, str]:
     return (exe, "installed") if exe.is_file() else (None, "mergekit-yaml missing after install")
 
 
+#: Launcher run with the mergekit venv's python: fixes whisper.json (see the module docstring).
+MERGEKIT_LAUNCHER = """\
+import json, sys
+from importlib import resources
+
+import mergekit._data.architectures as arch_data
+from mergekit.architecture import json_definitions as jd
+
+data = json.loads((resources.files(arch_data) / "whisper.json").read_text())
+fixed = []
+for name, module in data.get("modules", {}).items():
+    prefix = module.get("weight_prefix")
+    if prefix and not prefix.endswith("."):
+        module["weight_prefix"] = prefix + "."
+        fixed.append(name)
+if fixed:
+    arch = jd._load_architecture_json(json.dumps(data))
+    for a in arch.architectures:
+        jd.NAME_TO_ARCH[a] = [arch]
+    print(f"whisper.json: added the trailing dot to weight_prefix of {fixed}", file=sys.stderr)
+
+from mergekit.scripts.run_yaml import main
+
+sys.argv = ["mergekit-yaml", *sys.argv[1:]]
+sys.exit(main())
+"""
+
+
 def mergekit_config(method: str, base: Path, fts: list[Path]) -> str:
     lines = [f"merge_method: {method}", f"base_model: {base}", "dtype: float32", "models:"]
     for f in fts:
@@ -354,10 +392,13 @@ def main() -> None:
                 print(f"mergekit: {status}", flush=True)
             else:
                 fts = build_finetuned(data, n)
+                launcher = Path(tmp) / "mergekit_whisper.py"
+                launcher.write_text(MERGEKIT_LAUNCHER)
+                py = str(MERGEKIT_VENV / "bin" / "python")
                 for mk in ("task_arithmetic", "ties"):
                     cfg = Path(tmp) / f"{mk}.yml"
                     cfg.write_text(mergekit_config(mk, data / "base", fts))
-                    res = run_measured([str(exe), str(cfg), f"{tmp}/mk-{mk}", "--lazy-unpickle"])
+                    res = run_measured([py, str(launcher), str(cfg), f"{tmp}/mk-{mk}"])
                     shutil.rmtree(f"{tmp}/mk-{mk}", ignore_errors=True)
                     result["mergekit"][mk] = res
                     show(f"mergekit {mk}", res)
