@@ -217,13 +217,16 @@ def measure(cmd: list[str]) -> None:
     t0 = time.time()
     p = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.time() - t0
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    rss = ru.ru_maxrss * 1024  # KiB on Linux
     inner = {}
     for line in p.stdout.splitlines()[::-1]:
         if line.startswith("{"):
             inner = json.loads(line)
             break
-    res = {"wall_s": round(wall, 2), "peak_rss_bytes": rss, "returncode": p.returncode, **inner}
+    cpu = round(ru.ru_utime + ru.ru_stime, 2)  # less sensitive than wall to a busy machine
+    res = {"wall_s": round(wall, 2), "cpu_s": cpu, "peak_rss_bytes": rss,
+           "returncode": p.returncode, **inner}  # fmt: skip
     if p.returncode:
         res["error"] = (p.stderr or p.stdout).strip().splitlines()[-5:]
     print(json.dumps(res))
@@ -322,7 +325,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="2+2 layers and 3 task vectors")
     ap.add_argument("--out-dir", default=str(ROOT / "results" / "bench"))
     ap.add_argument("--n", type=int, default=None, help="task vectors (default 10, quick 3)")
-    ap.add_argument("--methods", nargs="+", default=sorted(METHODS), choices=sorted(METHODS))
+    # the methods the bars are about first, the slow SVD-of-everything ones last
+    first = [m for m in ("ta", "lors", "ties", "wa", "mp", "svp", "dare", "cart") if m in METHODS]
+    order = first + sorted(set(METHODS) - set(first))
+    ap.add_argument("--methods", nargs="*", default=order, choices=sorted(METHODS))
+    ap.add_argument("--update", action="store_true",
+                    help="keep the other entries of an existing merge.json (re-run a part)")  # fmt: skip
     ap.add_argument("--no-naive", action="store_true", help="skip the naive exact-SVD LoRS")
     ap.add_argument("--no-mergekit", action="store_true", help="skip mergekit")
     ap.add_argument("--install-mergekit", action="store_true",
@@ -359,51 +367,71 @@ def main() -> None:
         f"{largest / 2**20:.0f} MiB); {n} task vectors",
         flush=True,
     )
-    print(f"{'method':<22}{'wall s':>9}{'peak RSS MiB':>14}{'RSS / model':>13}", flush=True)
+    print(f"{'method':<22}{'wall s':>9}{'CPU s':>9}{'peak RSS MiB':>14}{'RSS / model':>13}",
+          flush=True)  # fmt: skip
 
     def show(name: str, res: dict) -> None:
         if "error" in res or res.get("returncode"):
             print(f"{name:<22} FAILED: {res.get('error')}", flush=True)
             return
         rss = res["peak_rss_bytes"]
-        print(f"{name:<22}{res['wall_s']:>9.1f}{rss / 2**20:>14.0f}{rss / model_bytes:>13.2f}",
-              flush=True)  # fmt: skip
+        print(f"{name:<22}{res['wall_s']:>9.1f}{res.get('cpu_s', 0):>9.1f}{rss / 2**20:>14.0f}"
+              f"{rss / model_bytes:>13.2f}", flush=True)  # fmt: skip
+
+    name = "merge-quick.json" if args.quick else "merge.json"
+    if args.update and (out_dir / name).is_file():
+        old = json.loads((out_dir / name).read_text())
+        for key in ("methods", "mergekit"):
+            result[key] = {**old.get(key, {}), **result.get(key, {})}
+        for key in ("naive_inmemory_exact_svd_lors", "process_baseline"):
+            if key in old:
+                result[key] = old[key]
+
+    def save() -> None:  # after every measurement, so an interrupted run keeps what it has
+        (out_dir / name).write_text(json.dumps(result, indent=2) + "\n")
+
+    def run_mergekit(tmp: str) -> None:
+        exe, status = mergekit_status(args.install_mergekit)
+        result["mergekit"] = {**result.get("mergekit", {}), "status": status}
+        if exe is None:
+            print(f"mergekit: {status}", flush=True)
+            return
+        fts = build_finetuned(data, n)
+        launcher = Path(tmp) / "mergekit_whisper.py"
+        launcher.write_text(MERGEKIT_LAUNCHER)
+        py = str(MERGEKIT_VENV / "bin" / "python")
+        for mk in ("task_arithmetic", "ties"):
+            cfg = Path(tmp) / f"{mk}.yml"
+            cfg.write_text(mergekit_config(mk, data / "base", fts))
+            res = run_measured([py, str(launcher), str(cfg), f"{tmp}/mk-{mk}"])
+            shutil.rmtree(f"{tmp}/mk-{mk}", ignore_errors=True)
+            result["mergekit"][mk] = res
+            show(f"mergekit {mk}", res)
+            save()
 
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".merge-bench-") as tmp:
         res = run_measured([sys.executable, __file__, "_baseline"])
         result["process_baseline"] = res
         show("(imports only)", res)
-        for m in args.methods:
+        for i, m in enumerate(args.methods):
             res = run_measured(
                 [sys.executable, __file__, "_merge", m, str(data), str(n), f"{tmp}/{m}"]
             )
             shutil.rmtree(f"{tmp}/{m}", ignore_errors=True)
             result["methods"][m] = res
             show(m, res)
+            save()
+            if i == 2 and not args.no_mergekit:  # mergekit right after ta, lors, ties
+                run_mergekit(tmp)
+        if not args.no_mergekit and len(args.methods) < 3:
+            run_mergekit(tmp)
         if not args.no_naive:
             res = run_measured([sys.executable, __file__, "_naive", str(data), str(n), f"{tmp}/nv"])
             shutil.rmtree(f"{tmp}/nv", ignore_errors=True)
             result["naive_inmemory_exact_svd_lors"] = res
             show("naive lors (exact SVD)", res)
-        if not args.no_mergekit:
-            exe, status = mergekit_status(args.install_mergekit)
-            result["mergekit"] = {"status": status}
-            if exe is None:
-                print(f"mergekit: {status}", flush=True)
-            else:
-                fts = build_finetuned(data, n)
-                launcher = Path(tmp) / "mergekit_whisper.py"
-                launcher.write_text(MERGEKIT_LAUNCHER)
-                py = str(MERGEKIT_VENV / "bin" / "python")
-                for mk in ("task_arithmetic", "ties"):
-                    cfg = Path(tmp) / f"{mk}.yml"
-                    cfg.write_text(mergekit_config(mk, data / "base", fts))
-                    res = run_measured([py, str(launcher), str(cfg), f"{tmp}/mk-{mk}"])
-                    shutil.rmtree(f"{tmp}/mk-{mk}", ignore_errors=True)
-                    result["mergekit"][mk] = res
-                    show(f"mergekit {mk}", res)
-    name = "merge-quick.json" if args.quick else "merge.json"
-    (out_dir / name).write_text(json.dumps(result, indent=2) + "\n")
+            save()
+    save()
     print(f"wrote {out_dir / name}", flush=True)
 
 
