@@ -734,9 +734,9 @@ def merge_models(
     :class:`speechmerge.taskvector.SafetensorsReader`) and each merged tensor is written to
     ``model.safetensors`` as soon as it is computed; the method reads the n task vectors of a
     tensor one at a time (:class:`TaskVectors`), so peak memory is a few copies of the largest
-    tensor, independent of n — below the size of one model, let alone O(n models). Task-vector files may be dense or compressed
-    (:mod:`speechmerge.compress`; they are read as their dense LoRS(τ), so merge them with
-    ``ta`` to get LoRS-Merging). Copies all non-weight files of ``base_dir`` (config,
+    tensor (plus small SVD factors), independent of n — not O(n models), nor even O(model).
+    Task-vector files may be dense or compressed (:mod:`speechmerge.compress`; they are read
+    as their dense LoRS(τ), so merge them with ``ta`` to get LoRS-Merging). Copies all non-weight files of ``base_dir`` (config,
     generation config, tokenizer, processor) and writes ``merge.json`` (method, λ, per-τ params,
     inputs). The output is built in a temp dir next to ``out_dir`` and moved into place at the
     end (replacing an existing ``out_dir``); on any error nothing is written at ``out_dir``.
