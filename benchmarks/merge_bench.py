@@ -306,6 +306,70 @@ def mergekit_config(method: str, base: Path, fts: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------- report
+
+
+def table(result: dict) -> str:
+    """Markdown table and bar checks of a merge.json (``merge_bench.py table merge.json``)."""
+    model = result["model_fp32_bytes"]
+    rows = [(f"`{m}`", r) for m, r in result["methods"].items()]
+    if "naive_inmemory_exact_svd_lors" in result:
+        rows.append(("naive LoRS (in memory, exact SVD)", result["naive_inmemory_exact_svd_lors"]))
+    for mk in ("task_arithmetic", "ties"):
+        if mk in result.get("mergekit", {}):
+            rows.append((f"mergekit `{mk}`", result["mergekit"][mk]))
+    lines = [
+        "| method | wall s | CPU s | peak RSS GB | RSS / one fp32 model |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    ok = {}
+    for label, r in rows:
+        if "error" in r or r.get("returncode"):
+            lines.append(f"| {label} | failed | | | |")
+            continue
+        rss = r["peak_rss_bytes"]
+        lines.append(
+            f"| {label} | {r['wall_s']:.1f} | {r.get('cpu_s', float('nan')):.1f} "
+            f"| {rss / 1e9:.2f} | {rss / model:.2f} |"
+        )
+        ok[label] = r
+    m = {k.strip("`"): v for k, v in ok.items()}
+    checks = []
+
+    def bar(text: str, a: str, b: str, f) -> None:
+        if a in m and b in m:
+            for key in ("wall_s", "cpu_s"):
+                if key in m[a] and key in m[b]:
+                    x, y = m[a][key], m[b][key]
+                    res = "met" if f(x, y) else "NOT met"
+                    checks.append(f"* {text} ({key}: {x:.1f} vs {y:.1f}): {res}")
+        else:
+            checks.append(f"* {text}: not measured")
+
+    bar("LoRS <= 2 x TA", "lors", "ta", lambda x, y: x <= 2 * y)
+    bar("LoRS >= 5 x faster than naive", "lors", "naive LoRS (in memory, exact SVD)",
+        lambda x, y: 5 * x <= y)  # fmt: skip
+    bar("TA no slower than mergekit", "ta", "mergekit task_arithmetic", lambda x, y: x <= y)
+    bar("TIES no slower than mergekit", "ties", "mergekit ties", lambda x, y: x <= y)
+    for a, b in (("ta", "mergekit task_arithmetic"), ("ties", "mergekit ties")):
+        if a in m and b in m:
+            x, y = m[a]["peak_rss_bytes"], m[b]["peak_rss_bytes"]
+            res = "met" if x <= y else "NOT met"
+            checks.append(
+                f"* {a} peak RSS <= mergekit's ({x / 1e9:.2f} vs {y / 1e9:.2f} GB): {res}"
+            )
+    worst = max((r["peak_rss_bytes"] / model for r in ok.values()), default=float("nan"))
+    engine = [r["peak_rss_bytes"] / model for k, r in ok.items() if k.startswith("`")]
+    if engine:
+        res = "met" if max(engine) <= 2.5 else "NOT met"
+        checks.append(
+            f"* peak RSS of every engine method <= 2.5 x one fp32 model (max {max(engine):.2f}; "
+            f"{len(engine)} of {len(result['methods'])} methods measured): {res}"
+        )
+    checks.append(f"* largest RSS / model of any row above: {worst:.2f}")
+    return "\n".join(lines) + "\n\n" + "\n".join(checks)
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -318,6 +382,8 @@ def main() -> None:
         return child_baseline()
     if len(sys.argv) > 1 and sys.argv[1] == "_naive":
         return child_naive(Path(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))
+    if len(sys.argv) > 1 and sys.argv[1] == "table":
+        return print(table(json.loads(Path(sys.argv[2]).read_text())))
 
     from speechmerge.merge import METHODS
 
