@@ -12,6 +12,16 @@ exact ``torch.linalg.svd``), (b) mergekit's ``task_arithmetic`` and ``ties`` whe
 installed in ``/tmp/mk`` (``python3.11 -m venv /tmp/mk && /tmp/mk/bin/pip install
 torch==2.13.0 mergekit``); otherwise the reason is recorded.
 
+mergekit workaround: mergekit 0.1.5's ``_data/architectures/whisper.json`` gives the decoder
+module ``"weight_prefix": "model.decoder"`` without the trailing dot (the encoder has
+``"model.encoder."``), so it looks for tensors named ``model.decoderlayers.0...`` and fails on
+every Whisper checkpoint. The benchmark does not touch the installed package: it runs mergekit
+through a small launcher (written to the temp dir, run with ``/tmp/mk/bin/python``) that loads
+a *copy* of that architecture definition with the trailing dot added to every module's
+``weight_prefix``, registers it for ``WhisperForConditionalGeneration`` in mergekit's
+``NAME_TO_ARCH`` table and then calls ``mergekit-yaml``'s ``main()``. The fix is applied only
+when the prefix lacks the dot, so a fixed mergekit release runs unchanged.
+
 Writes ``<out-dir>/merge.json`` (``merge-quick.json`` with ``--quick``): method -> wall
 seconds and peak RSS bytes, plus the size in bytes of one fp32 model. Data go to
 ``<out-dir>/data[-quick]/`` and are reused by later runs.
@@ -207,13 +217,16 @@ def measure(cmd: list[str]) -> None:
     t0 = time.time()
     p = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.time() - t0
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    rss = ru.ru_maxrss * 1024  # KiB on Linux
     inner = {}
     for line in p.stdout.splitlines()[::-1]:
         if line.startswith("{"):
             inner = json.loads(line)
             break
-    res = {"wall_s": round(wall, 2), "peak_rss_bytes": rss, "returncode": p.returncode, **inner}
+    cpu = round(ru.ru_utime + ru.ru_stime, 2)  # less sensitive than wall to a busy machine
+    res = {"wall_s": round(wall, 2), "cpu_s": cpu, "peak_rss_bytes": rss,
+           "returncode": p.returncode, **inner}  # fmt: skip
     if p.returncode:
         res["error"] = (p.stderr or p.stdout).strip().splitlines()[-5:]
     print(json.dumps(res))
@@ -252,6 +265,34 @@ def mergekit_status(install: bool) -> tuple[Path | None, str]:
     return (exe, "installed") if exe.is_file() else (None, "mergekit-yaml missing after install")
 
 
+#: Launcher run with the mergekit venv's python: fixes whisper.json (see the module docstring).
+MERGEKIT_LAUNCHER = """\
+import json, sys
+from importlib import resources
+
+import mergekit._data.architectures as arch_data
+from mergekit.architecture import json_definitions as jd
+
+data = json.loads((resources.files(arch_data) / "whisper.json").read_text())
+fixed = []
+for name, module in data.get("modules", {}).items():
+    prefix = module.get("weight_prefix")
+    if prefix and not prefix.endswith("."):
+        module["weight_prefix"] = prefix + "."
+        fixed.append(name)
+if fixed:
+    arch = jd._load_architecture_json(json.dumps(data))
+    for a in arch.architectures:
+        jd.NAME_TO_ARCH[a] = [arch]
+    print(f"whisper.json: added the trailing dot to weight_prefix of {fixed}", file=sys.stderr)
+
+from mergekit.scripts.run_yaml import main
+
+sys.argv = ["mergekit-yaml", *sys.argv[1:]]
+sys.exit(main())
+"""
+
+
 def mergekit_config(method: str, base: Path, fts: list[Path]) -> str:
     lines = [f"merge_method: {method}", f"base_model: {base}", "dtype: float32", "models:"]
     for f in fts:
@@ -263,6 +304,71 @@ def mergekit_config(method: str, base: Path, fts: list[Path]) -> str:
     if method == "ties":
         lines.append("parameters: {normalize: true}")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- report
+
+
+def table(result: dict) -> str:
+    """Markdown table and bar checks of a merge.json (``merge_bench.py table merge.json``)."""
+    model = result["model_fp32_bytes"]
+    from speechmerge.merge import METHODS
+
+    rows = [(f"`{m}`", m, r) for m, r in result["methods"].items()]
+    if "naive_inmemory_exact_svd_lors" in result:
+        naive = result["naive_inmemory_exact_svd_lors"]
+        rows.append(("naive LoRS (in memory, exact SVD)", "naive", naive))
+    for mk in ("task_arithmetic", "ties"):
+        if mk in result.get("mergekit", {}):
+            rows.append((f"mergekit `{mk}`", f"mergekit {mk}", result["mergekit"][mk]))
+    lines = [
+        "| method | wall s | CPU s | peak RSS GB | RSS / one fp32 model |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    m: dict[str, dict] = {}
+    for label, key, r in rows:
+        if "error" in r or r.get("returncode"):
+            lines.append(f"| {label} | failed | | | |")
+            continue
+        rss = r["peak_rss_bytes"]
+        lines.append(
+            f"| {label} | {r['wall_s']:.1f} | {r.get('cpu_s', float('nan')):.1f} "
+            f"| {rss / 1e9:.2f} | {rss / model:.2f} |"
+        )
+        m[key] = r
+    checks = []
+
+    def bar(text: str, a: str, b: str, f) -> None:
+        if a in m and b in m:
+            for key in ("wall_s", "cpu_s"):
+                if key in m[a] and key in m[b]:
+                    x, y = m[a][key], m[b][key]
+                    res = "met" if f(x, y) else "NOT met"
+                    checks.append(f"* {text} ({key}: {x:.1f} vs {y:.1f}): {res}")
+        else:
+            checks.append(f"* {text}: not measured")
+
+    bar("LoRS <= 2 x TA", "lors", "ta", lambda x, y: x <= 2 * y)
+    bar("LoRS >= 5 x faster than naive", "lors", "naive", lambda x, y: 5 * x <= y)
+    bar("TA no slower than mergekit", "ta", "mergekit task_arithmetic", lambda x, y: x <= y)
+    bar("TIES no slower than mergekit", "ties", "mergekit ties", lambda x, y: x <= y)
+    for a, b in (("ta", "mergekit task_arithmetic"), ("ties", "mergekit ties")):
+        if a in m and b in m:
+            x, y = m[a]["peak_rss_bytes"], m[b]["peak_rss_bytes"]
+            res = "met" if x <= y else "NOT met"
+            checks.append(
+                f"* {a} peak RSS <= mergekit's ({x / 1e9:.2f} vs {y / 1e9:.2f} GB): {res}"
+            )
+    engine = [m[k]["peak_rss_bytes"] / model for k in METHODS if k in m]
+    if engine:
+        res = "met" if max(engine) <= 2.5 else "NOT met"
+        if len(engine) < len(METHODS):
+            res += f" so far ({len(METHODS) - len(engine)} not measured)"
+        checks.append(
+            f"* peak RSS of every engine method <= 2.5 x one fp32 model (max {max(engine):.2f}; "
+            f"{len(engine)} of {len(METHODS)} methods measured): {res}"
+        )
+    return "\n".join(lines) + "\n\n" + "\n".join(checks)
 
 
 # ---------------------------------------------------------------- main
@@ -277,6 +383,8 @@ def main() -> None:
         return child_baseline()
     if len(sys.argv) > 1 and sys.argv[1] == "_naive":
         return child_naive(Path(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))
+    if len(sys.argv) > 1 and sys.argv[1] == "table":
+        return print(table(json.loads(Path(sys.argv[2]).read_text())))
 
     from speechmerge.merge import METHODS
 
@@ -284,7 +392,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="2+2 layers and 3 task vectors")
     ap.add_argument("--out-dir", default=str(ROOT / "results" / "bench"))
     ap.add_argument("--n", type=int, default=None, help="task vectors (default 10, quick 3)")
-    ap.add_argument("--methods", nargs="+", default=sorted(METHODS), choices=sorted(METHODS))
+    # the methods the bars are about first, the slow SVD-of-everything ones last
+    first = [m for m in ("ta", "lors", "ties", "wa", "mp", "svp", "dare", "cart") if m in METHODS]
+    order = first + sorted(set(METHODS) - set(first))
+    ap.add_argument("--methods", nargs="*", default=order, choices=sorted(METHODS))
+    ap.add_argument("--update", action="store_true",
+                    help="keep the other entries of an existing merge.json (re-run a part)")  # fmt: skip
     ap.add_argument("--no-naive", action="store_true", help="skip the naive exact-SVD LoRS")
     ap.add_argument("--no-mergekit", action="store_true", help="skip mergekit")
     ap.add_argument("--install-mergekit", action="store_true",
@@ -321,48 +434,71 @@ def main() -> None:
         f"{largest / 2**20:.0f} MiB); {n} task vectors",
         flush=True,
     )
-    print(f"{'method':<22}{'wall s':>9}{'peak RSS MiB':>14}{'RSS / model':>13}", flush=True)
+    print(f"{'method':<22}{'wall s':>9}{'CPU s':>9}{'peak RSS MiB':>14}{'RSS / model':>13}",
+          flush=True)  # fmt: skip
 
     def show(name: str, res: dict) -> None:
         if "error" in res or res.get("returncode"):
             print(f"{name:<22} FAILED: {res.get('error')}", flush=True)
             return
         rss = res["peak_rss_bytes"]
-        print(f"{name:<22}{res['wall_s']:>9.1f}{rss / 2**20:>14.0f}{rss / model_bytes:>13.2f}",
-              flush=True)  # fmt: skip
+        print(f"{name:<22}{res['wall_s']:>9.1f}{res.get('cpu_s', 0):>9.1f}{rss / 2**20:>14.0f}"
+              f"{rss / model_bytes:>13.2f}", flush=True)  # fmt: skip
+
+    name = "merge-quick.json" if args.quick else "merge.json"
+    if args.update and (out_dir / name).is_file():
+        old = json.loads((out_dir / name).read_text())
+        for key in ("methods", "mergekit"):
+            result[key] = {**old.get(key, {}), **result.get(key, {})}
+        for key in ("naive_inmemory_exact_svd_lors", "process_baseline"):
+            if key in old:
+                result[key] = old[key]
+
+    def save() -> None:  # after every measurement, so an interrupted run keeps what it has
+        (out_dir / name).write_text(json.dumps(result, indent=2) + "\n")
+
+    def run_mergekit(tmp: str) -> None:
+        exe, status = mergekit_status(args.install_mergekit)
+        result["mergekit"] = {**result.get("mergekit", {}), "status": status}
+        if exe is None:
+            print(f"mergekit: {status}", flush=True)
+            return
+        fts = build_finetuned(data, n)
+        launcher = Path(tmp) / "mergekit_whisper.py"
+        launcher.write_text(MERGEKIT_LAUNCHER)
+        py = str(MERGEKIT_VENV / "bin" / "python")
+        for mk in ("task_arithmetic", "ties"):
+            cfg = Path(tmp) / f"{mk}.yml"
+            cfg.write_text(mergekit_config(mk, data / "base", fts))
+            res = run_measured([py, str(launcher), str(cfg), f"{tmp}/mk-{mk}"])
+            shutil.rmtree(f"{tmp}/mk-{mk}", ignore_errors=True)
+            result["mergekit"][mk] = res
+            show(f"mergekit {mk}", res)
+            save()
 
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".merge-bench-") as tmp:
         res = run_measured([sys.executable, __file__, "_baseline"])
         result["process_baseline"] = res
         show("(imports only)", res)
-        for m in args.methods:
+        for i, m in enumerate(args.methods):
             res = run_measured(
                 [sys.executable, __file__, "_merge", m, str(data), str(n), f"{tmp}/{m}"]
             )
             shutil.rmtree(f"{tmp}/{m}", ignore_errors=True)
             result["methods"][m] = res
             show(m, res)
+            save()
+            if i == 2 and not args.no_mergekit:  # mergekit right after ta, lors, ties
+                run_mergekit(tmp)
+        if not args.no_mergekit and len(args.methods) < 3:
+            run_mergekit(tmp)
         if not args.no_naive:
             res = run_measured([sys.executable, __file__, "_naive", str(data), str(n), f"{tmp}/nv"])
             shutil.rmtree(f"{tmp}/nv", ignore_errors=True)
             result["naive_inmemory_exact_svd_lors"] = res
             show("naive lors (exact SVD)", res)
-        if not args.no_mergekit:
-            exe, status = mergekit_status(args.install_mergekit)
-            result["mergekit"] = {"status": status}
-            if exe is None:
-                print(f"mergekit: {status}", flush=True)
-            else:
-                fts = build_finetuned(data, n)
-                for mk in ("task_arithmetic", "ties"):
-                    cfg = Path(tmp) / f"{mk}.yml"
-                    cfg.write_text(mergekit_config(mk, data / "base", fts))
-                    res = run_measured([str(exe), str(cfg), f"{tmp}/mk-{mk}", "--lazy-unpickle"])
-                    shutil.rmtree(f"{tmp}/mk-{mk}", ignore_errors=True)
-                    result["mergekit"][mk] = res
-                    show(f"mergekit {mk}", res)
-    name = "merge-quick.json" if args.quick else "merge.json"
-    (out_dir / name).write_text(json.dumps(result, indent=2) + "\n")
+            save()
+    save()
     print(f"wrote {out_dir / name}", flush=True)
 
 

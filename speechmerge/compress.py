@@ -31,7 +31,7 @@ from typing import Any, Self
 import torch
 from torch import Tensor
 
-from .prune import count_from_ratio, is_prunable, rank_from_ratio, svp_factors
+from .prune import count_from_ratio, is_prunable, rank_from_ratio, svp_factors, topk_mask
 from .taskvector import SafetensorsReader, TensorSpec, atomic_save_streaming
 
 __all__ = [
@@ -103,7 +103,7 @@ def _lors_parts(
     resid = (t.to(wd) - low.to(wd)).reshape(-1)
     k = count_from_ratio(resid.numel(), keep_ratio)
     if k > 0:
-        idx = torch.topk(resid.abs(), k, sorted=False).indices.sort().values
+        idx = topk_mask(resid.abs(), k).nonzero().reshape(-1)  # sorted, same set as lors_dense
     else:
         idx = torch.zeros(0, dtype=torch.int64)
     return us, v, idx.to(torch.int64), resid[idx].contiguous()

@@ -5,9 +5,17 @@ Every method is a per-tensor function registered with :func:`register`::
     f(name, base_tensor, taskvectors, params, lam) -> merged_tensor
 
 ``taskvectors[i]`` is τ_i for this tensor and ``params[i]`` that task vector's own
-hyper-parameters (``rank_ratio``, ``keep_ratio``). The caller (:func:`merge_tensor`) validates
-inputs, hands the method float32 tensors (float64 if the base is float64) and casts the result
-back to the base dtype; non-float base tensors are copied without calling the method.
+hyper-parameters (``rank_ratio``, ``keep_ratio``). The caller (:func:`merge_tensor`) hands the
+method a :class:`TaskVectors` sequence that reads, validates and casts τ_i (float32, float64
+if the base is float64) only when item ``i`` is accessed, and casts the result back to the
+base dtype; non-float base tensors are copied without calling the method.
+
+Methods are written to *stream*: they access ``taskvectors[i]`` one at a time, fold it into
+running accumulators and drop it before reading the next (two passes where the definition
+needs a statistic of all n first: TIES' elected sign, CART's mean, Iso-CTS' common subspace;
+each pass re-reads the τ_i). So merging n task vectors holds O(1) tensors of this name, not n:
+peak memory is independent of n. Items may alias caller-owned tensors: methods never modify
+them in place.
 
 Methods (with ``P(τ)`` applied only to :func:`speechmerge.prune.is_prunable` tensors; all other
 tensors use plain task arithmetic with the same λ):
@@ -42,7 +50,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,11 +60,14 @@ from torch import Tensor
 
 from . import __version__
 from .prune import (
+    count_from_ratio,
     is_prunable,
     lors_dense,
     magnitude_prune,
+    mask_from_threshold,
     svd_device,
     svp,
+    topk_threshold,
     truncated_svd,
 )
 from .taskvector import (
@@ -71,6 +82,7 @@ __all__ = [
     "WEIGHT_FILE_SUFFIXES",
     "MergeFn",
     "MergeMethod",
+    "TaskVectors",
     "get_method",
     "merge_models",
     "merge_state_dicts",
@@ -80,7 +92,7 @@ __all__ = [
     "register",
 ]
 
-MergeFn = Callable[[str, Tensor, list[Tensor], list[dict[str, Any]], float], Tensor]
+MergeFn = Callable[[str, Tensor, Sequence[Tensor], list[dict[str, Any]], float], Tensor]
 
 #: Files of the base model directory that are *not* copied to the merged model (weights/indices).
 WEIGHT_FILE_SUFFIXES: tuple[str, ...] = (
@@ -113,7 +125,7 @@ class MergeMethod:
         self,
         name: str,
         base: Tensor,
-        taskvectors: list[Tensor],
+        taskvectors: Sequence[Tensor],
         params: list[dict[str, Any]],
         lam: float,
     ) -> Tensor:
@@ -153,33 +165,94 @@ def get_method(method: str | MergeMethod) -> MergeMethod:
         ) from None
 
 
+class TaskVectors(Sequence[Tensor]):
+    """The n task vectors of one tensor, read lazily: item ``i`` is loaded when accessed.
+
+    ``load(i)`` returns τ_i (or None if the tensor is missing from that input); each access
+    checks it (present, floating point, same shape as the base, finite; errors name the tensor
+    and ``sources[i]``) and casts it to ``dtype``. Nothing is cached: a method that needs τ_i
+    twice reads it twice, so at most the tensors a method itself keeps are alive.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        n: int,
+        load: Callable[[int], Tensor | None],
+        shape: torch.Size | tuple[int, ...],
+        dtype: torch.dtype,
+        sources: Sequence[str],
+        base_source: str = "base",
+    ) -> None:
+        self.name, self._n, self._load = name, int(n), load
+        self.shape, self.dtype, self.sources = tuple(shape), dtype, list(sources)
+        self.base_source = base_source
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: int) -> Tensor:  # type: ignore[override]
+        if not -self._n <= i < self._n:
+            raise IndexError(i)
+        i %= self._n
+        tv, src, name = self._load(i), self.sources[i], self.name
+        if tv is None:
+            raise ValueError(f"tensor {name!r} of the base model is missing from {src}")
+        if not tv.is_floating_point():
+            raise ValueError(f"tensor {name!r} in {src} is not floating point ({tv.dtype})")
+        if tuple(tv.shape) != self.shape:
+            raise ValueError(
+                f"tensor {name!r} has shape {tuple(tv.shape)} in {src} but "
+                f"{self.shape} in {self.base_source}"
+            )
+        _check_finite(tv, name, src)
+        return tv.to(self.dtype)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        for i in range(self._n):
+            yield self[i]
+
+
+def _sum(
+    base: Tensor,
+    taskvectors: Sequence[Tensor],
+    fn: Callable[[int, Tensor], Tensor] | None = None,
+) -> Tensor:
+    """Σ_i fn(i, τ_i) (Σ_i τ_i for ``fn=None``) into one accumulator, one τ_i at a time."""
+    total = torch.zeros_like(base)
+    for i in range(len(taskvectors)):
+        # no name holds τ_i (or fn's result) past this statement: each is freed before the next
+        total.add_(taskvectors[i] if fn is None else fn(i, taskvectors[i]))
+    return total
+
+
 def _task_arithmetic(
     name: str,
     base: Tensor,
-    taskvectors: list[Tensor],
+    taskvectors: Sequence[Tensor],
     params: list[dict[str, Any]],
     lam: float,
     prune: Callable[[Tensor, dict[str, Any]], Tensor] | None = None,
 ) -> Tensor:
     """θ0 + λ Σ P(τ_i), with P = identity for non-prunable tensors or ``prune is None``."""
-    use = prune is not None and is_prunable(name, base)
-    total = torch.zeros_like(base)
-    for tv, p in zip(taskvectors, params, strict=True):
-        total += prune(tv, p) if use else tv  # type: ignore[misc]
+    if prune is not None and is_prunable(name, base):
+        total = _sum(base, taskvectors, lambda i, tv: prune(tv, params[i]))
+    else:
+        total = _sum(base, taskvectors)
     return total.mul_(lam).add_(base)  # = base + lam * total, without two temporaries
 
 
 @register("wa")
 def weight_averaging(
-    name: str, base: Tensor, taskvectors: list[Tensor], params: list[dict[str, Any]], lam: float
+    name: str, base: Tensor, taskvectors: Sequence[Tensor], params: list[dict[str, Any]], lam: float
 ) -> Tensor:
     """WA: θ0 + (1/n) Σ τ_i = (1/n) Σ θ_i (λ ignored)."""
-    return base + _mean(taskvectors)
+    return _mean(base, taskvectors).add_(base)
 
 
 @register("ta", default_lambda=0.3)
 def task_arithmetic(
-    name: str, base: Tensor, taskvectors: list[Tensor], params: list[dict[str, Any]], lam: float
+    name: str, base: Tensor, taskvectors: Sequence[Tensor], params: list[dict[str, Any]], lam: float
 ) -> Tensor:
     """TA: θ0 + λ Σ τ_i."""
     return _task_arithmetic(name, base, taskvectors, params, lam)
@@ -187,7 +260,7 @@ def task_arithmetic(
 
 @register("mp", required_params=("keep_ratio",), default_lambda=0.3)
 def mp_merging(
-    name: str, base: Tensor, taskvectors: list[Tensor], params: list[dict[str, Any]], lam: float
+    name: str, base: Tensor, taskvectors: Sequence[Tensor], params: list[dict[str, Any]], lam: float
 ) -> Tensor:
     """MP-Merging: θ0 + λ Σ MP(τ_i, p_i) (eqs. 1-2)."""
     return _task_arithmetic(
@@ -197,7 +270,7 @@ def mp_merging(
 
 @register("svp", required_params=("rank_ratio",), default_lambda=0.3)
 def svp_merging(
-    name: str, base: Tensor, taskvectors: list[Tensor], params: list[dict[str, Any]], lam: float
+    name: str, base: Tensor, taskvectors: Sequence[Tensor], params: list[dict[str, Any]], lam: float
 ) -> Tensor:
     """SVP-Merging: θ0 + λ Σ SVP(τ_i, r_i) (eqs. 3-4)."""
     return _task_arithmetic(
@@ -212,7 +285,7 @@ def svp_merging(
 
 @register("lors", required_params=("rank_ratio", "keep_ratio"), default_lambda=0.3)
 def lors_merging(
-    name: str, base: Tensor, taskvectors: list[Tensor], params: list[dict[str, Any]], lam: float
+    name: str, base: Tensor, taskvectors: Sequence[Tensor], params: list[dict[str, Any]], lam: float
 ) -> Tensor:
     """LoRS-Merging: θ0 + λ Σ (L_i + S_i) (eqs. 5-8)."""
     return _task_arithmetic(
@@ -261,17 +334,19 @@ def _orthogonalize(x: Tensor) -> Tensor:
     return p @ qh
 
 
-def _mean(taskvectors: list[Tensor]) -> Tensor:
-    """(1/n) Σ τ_i, accumulated in place (no n-fold stacked copy)."""
-    total = taskvectors[0].clone()
-    for tv in taskvectors[1:]:
-        total += tv
-    return total.div_(len(taskvectors))
+def _mean(base: Tensor, taskvectors: Sequence[Tensor]) -> Tensor:
+    """(1/n) Σ τ_i, accumulated one τ_i at a time (no n-fold stacked copy)."""
+    return _sum(base, taskvectors).div_(len(taskvectors))
+
+
+def _plus_lam_mean(base: Tensor, taskvectors: Sequence[Tensor], lam: float) -> Tensor:
+    """θ0 + λ mean_i τ_i (the non-matrix rule of TSV-M and Iso-C/CTS)."""
+    return _mean(base, taskvectors).mul_(lam).add_(base)
 
 
 @register("ties", default_lambda=1.0)
 def ties_merging(
-    name: str, base: Tensor, taskvectors: list[Tensor], params: list[dict[str, Any]], lam: float
+    name: str, base: Tensor, taskvectors: Sequence[Tensor], params: list[dict[str, Any]], lam: float
 ) -> Tensor:
     """TIES-Merging: trim to top-k magnitude, elect sign by mass, disjoint mean (Yadav et al. 2023).
 
@@ -281,20 +356,51 @@ def ties_merging(
     ``γ = sign(Σ_i τ̂_i)`` per entry; (3) disjoint mean
     ``τ_m = Σ_{i∈A} τ̂_i / |A|`` over ``A = {i : sign(τ̂_i) = γ, τ̂_i ≠ 0}`` (0 where A is empty);
     (4) ``θ0 + λ τ_m``.
+
+    Streams in two passes over the τ_i: pass 1 accumulates Σ_i τ̂_i (and remembers each τ̂_i's
+    top-k threshold, :func:`speechmerge.prune.topk_threshold`); pass 2 re-reads τ_i, rebuilds
+    τ̂_i from its threshold and accumulates the agreeing entries and their count.
     """
-    trimmed = [
-        magnitude_prune(tv, _ratio_param(p, "ties", "keep_ratio", 0.2, i))
-        for i, (tv, p) in enumerate(zip(taskvectors, params, strict=True))
+    n = len(taskvectors)
+    ks = [
+        count_from_ratio(base.numel(), _ratio_param(p, "ties", "keep_ratio", 0.2, i))
+        for i, p in enumerate(params)
     ]
-    elected = torch.sign(_mean(trimmed))  # sign of the sum (accumulated, no stacked copy)
+    if len(ks) != n:
+        raise ValueError(f"ties: {len(ks)} parameter dicts for {n} task vectors")
+    thresholds: list[tuple[float, int] | None] = []
+
+    def trim(i: int, tv: Tensor, first: bool) -> Tensor:
+        k = ks[i]
+        if k >= tv.numel():
+            if first:
+                thresholds.append(None)
+            return tv
+        if k == 0:
+            if first:
+                thresholds.append(None)
+            return torch.zeros_like(tv)
+        mag = tv.abs().reshape(-1)
+        if first:
+            thresholds.append(topk_threshold(mag, k))
+        thr = thresholds[i]
+        assert thr is not None
+        mask = mask_from_threshold(mag, *thr).reshape(tv.shape)
+        del mag
+        return torch.where(mask, tv, torch.zeros((), dtype=tv.dtype))
+
+    elected = _sum(base, taskvectors, lambda i, tv: trim(i, tv, True)).sign_()
     merged = torch.zeros_like(base)
-    count = torch.zeros_like(base)
-    for t in trimmed:
-        agree = (torch.sign(t) == elected) & (t != 0)
-        merged += t * agree
-        count += agree
-    merged /= count.clamp_(min=1)
-    return base + lam * merged
+    count = torch.zeros(base.shape, dtype=torch.int32)
+    for i in range(n):
+        t = trim(i, taskvectors[i], False)
+        agree = (torch.sign(t) == elected).logical_and_(t != 0)
+        merged.add_(torch.where(agree, t, torch.zeros((), dtype=t.dtype)))
+        count.add_(agree)
+        del t, agree
+    del elected
+    merged.div_(count.clamp_(min=1))
+    return merged.mul_(lam).add_(base)
 
 
 def _dare_seed(seed: int, name: str, index: int) -> int:
@@ -314,7 +420,7 @@ def dare_mask(
 
 @register("dare", default_lambda=0.3)
 def dare_merging(
-    name: str, base: Tensor, taskvectors: list[Tensor], params: list[dict[str, Any]], lam: float
+    name: str, base: Tensor, taskvectors: Sequence[Tensor], params: list[dict[str, Any]], lam: float
 ) -> Tensor:
     """DARE: drop entries with probability p, rescale survivors by 1/(1−p), then TA (Yu et al. 2024).
 
@@ -325,17 +431,20 @@ def dare_merging(
     SHA-256(``seed``, task-vector index, tensor name) (``seed`` from params[0], default 0).
     """
     seed = int(method_param(params[0], "dare", "seed", 0))
-    total = torch.zeros_like(base)
-    for i, (tv, p) in enumerate(zip(taskvectors, params, strict=True)):
+    rates = []
+    for i, p in enumerate(params):
         rate = float(method_param(p, "dare", "drop_rate", 0.9))
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"dare: params[{i}] drop_rate must be in [0, 1), got {rate!r}")
-        if rate == 0.0:
-            total += tv
-            continue
-        keep = dare_mask(tv.shape, rate, seed, name, i).to(tv.device)
-        total += tv * keep / (1.0 - rate)
-    return base + lam * total
+        rates.append(rate)
+
+    def drop(i: int, tv: Tensor) -> Tensor:
+        if rates[i] == 0.0:
+            return tv
+        keep = dare_mask(tv.shape, rates[i], seed, name, i).to(tv.device)
+        return tv * keep / (1.0 - rates[i])
+
+    return _sum(base, taskvectors, drop).mul_(lam).add_(base)
 
 
 def tsvm_rank(shape: tuple[int, ...] | torch.Size, fraction: float) -> int:
@@ -346,7 +455,7 @@ def tsvm_rank(shape: tuple[int, ...] | torch.Size, fraction: float) -> int:
 
 @register("tsvm", default_lambda=1.0)
 def tsv_merging(
-    name: str, base: Tensor, taskvectors: list[Tensor], params: list[dict[str, Any]], lam: float
+    name: str, base: Tensor, taskvectors: Sequence[Tensor], params: list[dict[str, Any]], lam: float
 ) -> Tensor:
     """TSV-M: per-task top singular vectors, concatenated and orthogonalized (Gargiulo et al. 2025).
 
@@ -360,22 +469,23 @@ def tsv_merging(
     """
     n = len(taskvectors)
     if not _is_matrix(name, base):
-        return base + lam * _mean(taskvectors)
+        return _plus_lam_mean(base, taskvectors, lam)
     us, ss, vs = [], [], []
-    for i, (tv, p) in enumerate(zip(taskvectors, params, strict=True)):
-        frac = _ratio_param(p, "tsvm", "rank_fraction", 1.0 / n, i)
-        u, s, v = truncated_svd(tv, tsvm_rank(tv.shape, frac))
+    for i in range(n):
+        frac = _ratio_param(params[i], "tsvm", "rank_fraction", 1.0 / n, i)
+        u, s, v = truncated_svd(taskvectors[i], tsvm_rank(base.shape, frac))
         us.append(u)
         ss.append(s)
         vs.append(v)
     u_cat, s_cat, v_cat = torch.cat(us, dim=1), torch.cat(ss), torch.cat(vs, dim=1)
+    del us, vs
     delta = (_orthogonalize(u_cat) * s_cat) @ _orthogonalize(v_cat).T
-    return base + lam * delta
+    return delta.mul_(lam).add_(base)
 
 
 @register("iso_c", default_lambda=1.0)
 def iso_c_merging(
-    name: str, base: Tensor, taskvectors: list[Tensor], params: list[dict[str, Any]], lam: float
+    name: str, base: Tensor, taskvectors: Sequence[Tensor], params: list[dict[str, Any]], lam: float
 ) -> Tensor:
     """Iso-C: task-arithmetic sum with its singular values replaced by their mean (Marczak et al.).
 
@@ -385,9 +495,9 @@ def iso_c_merging(
     (and embeddings) follow the reference code: ``θ0 + λ mean_i τ_i``.
     """
     if not _is_matrix(name, base):
-        return base + lam * _mean(taskvectors)
-    u, s, vh = _svd(_mean(taskvectors) * len(taskvectors))
-    return base + lam * s.mean() * (u @ vh)
+        return _plus_lam_mean(base, taskvectors, lam)
+    u, s, vh = _svd(_sum(base, taskvectors))
+    return (u @ vh).mul_(lam * s.mean()).add_(base)
 
 
 def iso_cts_dims(
@@ -409,7 +519,7 @@ def iso_cts_dims(
 
 @register("iso_cts", default_lambda=1.0)
 def iso_cts_merging(
-    name: str, base: Tensor, taskvectors: list[Tensor], params: list[dict[str, Any]], lam: float
+    name: str, base: Tensor, taskvectors: Sequence[Tensor], params: list[dict[str, Any]], lam: float
 ) -> Tensor:
     """Iso-CTS: common + task-specific subspaces with an isotropic spectrum (Marczak et al. 2025).
 
@@ -423,29 +533,34 @@ def iso_cts_merging(
     """
     n = len(taskvectors)
     if not _is_matrix(name, base):
-        return base + lam * _mean(taskvectors)
+        return _plus_lam_mean(base, taskvectors, lam)
     frac = _ratio_param(params[0], "iso_cts", "common_fraction", 0.8, 0)
     kc, ks = iso_cts_dims(base.shape, n, frac)
-    u, s, vh = _svd(_mean(taskvectors) * n)
+    u, s, vh = _svd(_sum(base, taskvectors))
     uc, sc, vc = u[:, :kc], s[:kc], vh[:kc, :].T
+    del u, vh
     us_, ss_, vs_ = [], [], []
     if ks > 0:
-        for tv in taskvectors:
+        for i in range(n):
+            tv = taskvectors[i]
             resid = tv - uc @ (uc.T @ tv)
+            del tv
             ut, st, vt = truncated_svd(resid, ks)
+            del resid
             us_.append(ut)
             ss_.append(st)
             vs_.append(vt)
     u_all = torch.cat([*us_, uc], dim=1)
     s_all = torch.cat([*ss_, sc])
     v_all = torch.cat([*vs_, vc], dim=1)
-    delta = s_all.mean() * (_orthogonalize(u_all) @ _orthogonalize(v_all).T)
-    return base + lam * delta
+    del us_, vs_
+    delta = _orthogonalize(u_all) @ _orthogonalize(v_all).T
+    return delta.mul_(lam * s_all.mean()).add_(base)
 
 
 @register("cart", default_lambda=1.0)
 def cart_merging(
-    name: str, base: Tensor, taskvectors: list[Tensor], params: list[dict[str, Any]], lam: float
+    name: str, base: Tensor, taskvectors: Sequence[Tensor], params: list[dict[str, Any]], lam: float
 ) -> Tensor:
     """CART: weight average + λ Σ low-rank(θ_i − average) (Choi et al. 2024, "Revisiting WA").
 
@@ -455,14 +570,16 @@ def cart_merging(
     matrices (``rank_ratio`` default 0.08; SVP as in :func:`speechmerge.prune.svp`);
     non-matrix tensors (and embeddings): ``θ0 + τ̄`` (weight averaging).
     """
-    mean = _mean(taskvectors)
+    mean = _mean(base, taskvectors)
     if not _is_matrix(name, base):
-        return base + mean
-    total = torch.zeros_like(base)
-    for i, (tv, p) in enumerate(zip(taskvectors, params, strict=True)):
-        ratio = _ratio_param(p, "cart", "rank_ratio", 0.08, i)
-        total += svp(tv - mean, ratio, exact=p.get("exact"))
-    return base + mean + lam * total
+        return mean.add_(base)
+    ratios = [_ratio_param(p, "cart", "rank_ratio", 0.08, i) for i, p in enumerate(params)]
+    total = _sum(
+        base,
+        taskvectors,
+        lambda i, tv: svp(tv - mean, ratios[i], exact=params[i].get("exact")),
+    )
+    return (base + mean).add_(total, alpha=lam)
 
 
 def normalize_params(
@@ -504,7 +621,7 @@ def _check_finite(t: Tensor, name: str, source: str) -> None:
 def merge_tensor(
     name: str,
     base: Tensor,
-    taskvectors: Sequence[Tensor | None],
+    taskvectors: Sequence[Tensor | None] | Callable[[int], Tensor | None],
     method: str | MergeMethod,
     lam: float,
     params: list[dict[str, Any]],
@@ -513,32 +630,31 @@ def merge_tensor(
 ) -> Tensor:
     """Validate one tensor's inputs and merge it with ``method``; result has the base dtype.
 
-    Non-float base tensors are returned unchanged (task vectors are ignored). ``None`` entries
-    in ``taskvectors`` mean "missing" and raise. Errors name the tensor and the source file.
+    ``taskvectors`` is the sequence of the n τ_i of this tensor, or a function ``load(i)``
+    returning τ_i (then ``tv_sources`` is required and its length is n): the method gets a
+    lazy :class:`TaskVectors` either way and reads τ_i only when it uses it, so with a loader
+    the n task vectors are never all in memory. Non-float base tensors are returned unchanged
+    (task vectors are ignored). A missing (None) τ_i, a non-float one, a shape mismatch or
+    NaN/Inf raise ValueError naming the tensor and the source.
     """
     m = get_method(method)
     if not base.is_floating_point():
         return base
-    srcs = (
-        list(tv_sources)
-        if tv_sources is not None
-        else [f"task vector {i}" for i in range(len(taskvectors))]
-    )
+    if callable(taskvectors):
+        if tv_sources is None:
+            raise TypeError("merge_tensor: a task-vector loader needs tv_sources")
+        load = taskvectors
+        n = len(tv_sources)
+    else:
+        seq = taskvectors
+        load = seq.__getitem__
+        n = len(seq)
+    srcs = list(tv_sources) if tv_sources is not None else [f"task vector {i}" for i in range(n)]
+    if len(srcs) != n:
+        raise ValueError(f"{len(srcs)} task-vector sources for {n} task vectors")
     _check_finite(base, name, base_source)
     wd = torch.float64 if base.dtype == torch.float64 else torch.float32
-    tvs: list[Tensor] = []
-    for tv, src in zip(taskvectors, srcs, strict=True):
-        if tv is None:
-            raise ValueError(f"tensor {name!r} of the base model is missing from {src}")
-        if not tv.is_floating_point():
-            raise ValueError(f"tensor {name!r} in {src} is not floating point ({tv.dtype})")
-        if tv.shape != base.shape:
-            raise ValueError(
-                f"tensor {name!r} has shape {tuple(tv.shape)} in {src} but "
-                f"{tuple(base.shape)} in {base_source}"
-            )
-        _check_finite(tv, name, src)
-        tvs.append(tv.to(wd))
+    tvs = TaskVectors(name, n, load, base.shape, wd, srcs, base_source)
     merged = m(name, base.to(wd), tvs, params, float(lam))
     if merged.shape != base.shape:
         raise RuntimeError(f"method {m.name!r} changed the shape of {name!r}")
@@ -575,8 +691,9 @@ def merge_state_dicts(
             raise ValueError(f"tensor {extra[0]!r} in {src} does not exist in the base model")
     out: dict[str, Tensor] = {}
     for name, b in base.items():
-        tvs = [tv.get(name) for tv in taskvectors]
-        out[name] = merge_tensor(name, b, tvs, m, lam, plist, "base", srcs)
+        out[name] = merge_tensor(
+            name, b, lambda i, name=name: taskvectors[i].get(name), m, lam, plist, "base", srcs
+        )
     return out
 
 
@@ -615,10 +732,11 @@ def merge_models(
 
     Streams tensor by tensor: each input tensor is read on its own (no memory map, see
     :class:`speechmerge.taskvector.SafetensorsReader`) and each merged tensor is written to
-    ``model.safetensors`` as soon as it is computed, so peak memory is O(n · largest tensor),
-    not O(model) — let alone O(n models). Task-vector files may be dense or compressed
-    (:mod:`speechmerge.compress`; they are read as their dense LoRS(τ), so merge them with
-    ``ta`` to get LoRS-Merging). Copies all non-weight files of ``base_dir`` (config,
+    ``model.safetensors`` as soon as it is computed; the method reads the n task vectors of a
+    tensor one at a time (:class:`TaskVectors`), so peak memory is a few copies of the largest
+    tensor (plus small SVD factors), independent of n — not O(n models), nor even O(model).
+    Task-vector files may be dense or compressed (:mod:`speechmerge.compress`; they are read
+    as their dense LoRS(τ), so merge them with ``ta`` to get LoRS-Merging). Copies all non-weight files of ``base_dir`` (config,
     generation config, tokenizer, processor) and writes ``merge.json`` (method, λ, per-τ params,
     inputs). The output is built in a temp dir next to ``out_dir`` and moved into place at the
     end (replacing an existing ``out_dir``); on any error nothing is written at ``out_dir``.
@@ -662,11 +780,19 @@ def merge_models(
                 b = fb.get_tensor(name)
                 if not b.is_floating_point():
                     return b
-                tv_list = [
-                    h.get_tensor(name) if name in keys else None
-                    for h, keys in zip(tvs, tv_keys, strict=True)
-                ]
-                return merge_tensor(name, b, tv_list, m, lam, plist, str(base_file), srcs)
+                for h, keys, src in zip(tvs, tv_keys, srcs, strict=True):  # fail before reading
+                    if name not in keys:
+                        raise ValueError(f"tensor {name!r} of the base model is missing from {src}")
+                    if tuple(h.shape(name)) != tuple(b.shape):
+                        raise ValueError(
+                            f"tensor {name!r} has shape {tuple(h.shape(name))} in {src} but "
+                            f"{tuple(b.shape)} in {base_file}"
+                        )
+
+                def load(i: int) -> Tensor:
+                    return tvs[i].get_tensor(name)  # one τ_i, read when the method asks
+
+                return merge_tensor(name, b, load, m, lam, plist, str(base_file), srcs)
 
             specs = [(k, fb.dtype(k), fb.shape(k)) for k in base_keys]
             atomic_save_streaming(

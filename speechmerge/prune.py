@@ -39,6 +39,8 @@ __all__ = [
     "svd_device",
     "svp",
     "svp_factors",
+    "topk_mask",
+    "topk_threshold",
     "truncated_svd",
 ]
 
@@ -53,8 +55,12 @@ NON_PRUNABLE_SUBSTRINGS: tuple[str, ...] = (
 # Randomized SVD settings (used only for small ranks of large matrices, see `svp`).
 _LOWRANK_MAX_FRACTION = 0.25
 _LOWRANK_MIN_DIM = 64
-_LOWRANK_NITER = 10
+_LOWRANK_NITER = 4
 _LOWRANK_SEED = 0
+# Exact top-k selection: below this size torch.kthvalue on the whole input; above it a
+# sample-bracketed kthvalue (see `topk_threshold`).
+_SELECT_DIRECT_MAX = 1 << 16
+_SELECT_SAMPLE = 1 << 14
 
 
 def _lowrank_q(r: int, m: int) -> int:
@@ -103,11 +109,93 @@ def count_from_ratio(numel: int, ratio: float) -> int:
     return max(0, min(int(numel), k))
 
 
+def topk_threshold(a: Tensor, k: int) -> tuple[float, int]:
+    """``(thr, ties)`` describing the top-``k`` entries of a 1-D float tensor ``a`` exactly.
+
+    The top-k set is every entry ``> thr`` plus the first ``ties`` entries (lowest indices)
+    equal to ``thr``; ``thr`` is the k-th largest value (``1 <= k < a.numel()``). Rebuild the
+    mask with :func:`mask_from_threshold`; a second pass over the same data gives the same set
+    without a second selection (TIES uses that).
+
+    Fast path for large inputs: the k-th largest value is bracketed from a fixed-seed random
+    sample of ``2**14`` entries (±6 standard deviations of the sample rank), the entries above
+    the bracket are counted, and ``torch.kthvalue`` runs only on the entries inside it; if the
+    bracket misses (rare, e.g. heavy ties) it falls back to ``kthvalue`` on all of ``a``.
+    Either way the result is exact.
+    """
+    n = a.numel()
+    if not 1 <= k < n:
+        raise ValueError(f"k must be in [1, {n - 1}], got {k}")
+    thr: Tensor | None = None
+    n_gt = 0
+    if n > _SELECT_DIRECT_MAX:
+        g = torch.Generator(device=a.device).manual_seed(_LOWRANK_SEED)
+        s = _SELECT_SAMPLE
+        sample = a[torch.randint(n, (s,), generator=g, device=a.device)]
+        sample = sample.sort(descending=True).values
+        pos = k / n * s  # expected sample rank of the k-th largest
+        margin = 6.0 * math.sqrt(max(pos * (1.0 - k / n), 1.0)) + 8.0
+        i_hi, i_lo = int(pos - margin), int(pos + margin)
+        hi = sample[i_hi] if i_hi >= 0 else None
+        lo = sample[i_lo] if i_lo < s else None
+        above = int((a > hi).sum()) if hi is not None else 0
+        if above < k:
+            if hi is None and lo is None:
+                cand = a
+            elif hi is None:
+                cand = a[a >= lo]
+            else:
+                sel = a <= hi
+                if lo is not None:
+                    sel &= a >= lo
+                cand = a[sel]
+                del sel
+            need = k - above
+            if 0 < need <= cand.numel():
+                thr = torch.kthvalue(cand, cand.numel() - need + 1).values
+                n_gt = above + int((cand > thr).sum())
+            del cand
+    if thr is None:
+        thr = torch.kthvalue(a, n - k + 1).values
+        n_gt = int((a > thr).sum())
+    return float(thr), k - n_gt
+
+
+def mask_from_threshold(a: Tensor, thr: float, ties: int) -> Tensor:
+    """Boolean mask of the entries ``> thr`` plus the first ``ties`` entries ``== thr``."""
+    if ties <= 0:
+        return a > thr
+    eq = a == thr
+    n_eq = int(eq.sum())
+    if ties >= n_eq:
+        return eq.logical_or_(a > thr)
+    idx = eq.nonzero().reshape(-1)[:ties]
+    mask = a > thr
+    mask[idx] = True
+    return mask
+
+
+def topk_mask(a: Tensor, k: int) -> Tensor:
+    """Boolean mask (same shape as ``a``) of exactly ``k`` largest entries of float ``a``.
+
+    Ties at the k-th largest value are broken towards the lowest flat index (deterministic).
+    """
+    n = a.numel()
+    if k <= 0:
+        return torch.zeros(a.shape, dtype=torch.bool, device=a.device)
+    if k >= n:
+        return torch.ones(a.shape, dtype=torch.bool, device=a.device)
+    flat = a.reshape(-1)
+    thr, ties = topk_threshold(flat, k)
+    return mask_from_threshold(flat, thr, ties).reshape(a.shape)
+
+
 def magnitude_prune(t: Tensor, keep_ratio: float) -> Tensor:
     """Magnitude Pruning, eqs. (1)-(2): ``M ⊙ W`` with M selecting the top-k entries by |w|.
 
-    Exactly ``k = count_from_ratio(t.numel(), keep_ratio)`` entries survive (ties are broken by
-    ``torch.topk``); all others are set to zero. Non-float tensors are returned unchanged (copy).
+    Exactly ``k = count_from_ratio(t.numel(), keep_ratio)`` entries survive (ties at the k-th
+    largest magnitude go to the lowest flat indices, :func:`topk_mask`); all others are set to
+    zero. Non-float tensors are returned unchanged (copy).
     """
     if not t.is_floating_point():
         return t.clone()
@@ -115,16 +203,47 @@ def magnitude_prune(t: Tensor, keep_ratio: float) -> Tensor:
     k = count_from_ratio(n, keep_ratio)
     if k >= n:
         return t.clone()
-    flat = t.reshape(-1)
-    out = torch.zeros_like(flat)
-    if k > 0:
-        idx = torch.topk(flat.abs(), k, sorted=False).indices
-        out[idx] = flat[idx]
-    return out.reshape(t.shape)
+    if k == 0:
+        return torch.zeros_like(t)
+    mask = topk_mask(t.abs(), k)
+    return torch.where(mask, t, torch.zeros((), dtype=t.dtype, device=t.device))
 
 
 def _work_dtype(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _randomized_svd(x: Tensor, r: int, q: int, niter: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Top-r SVD of ``x`` from a q-column randomized range finder with ``niter`` power iterations.
+
+    Halko, Martinsson & Tropp (2011), Alg. 4.4 (subspace iteration, QR after every product)
+    + Alg. 5.1: ``Q`` = orthonormal basis of ``(x xᵀ)^niter x Ω`` (Ω Gaussian, seeded);
+    ``B = Qᵀ x`` (q x k); the SVD of the small B comes from the eigendecomposition of the
+    q x q Gram matrix ``B Bᵀ`` in float64 (cheaper than an SVD of B; its top-r eigenpairs are
+    accurate to float64 precision relative to σ_1², far below the float32 data). Returns
+    ``(U_r, s_r, V_r)`` in ``x``'s dtype; columns of V_r with s = 0 are 0.
+    """
+    k = x.shape[1]
+    g = torch.Generator(device=x.device).manual_seed(_LOWRANK_SEED)
+    omega = torch.randn(k, q, generator=g, device=x.device, dtype=x.dtype)
+    y = x @ omega
+    del omega
+    for _ in range(niter):
+        y = torch.linalg.qr(y).Q
+        z = torch.linalg.qr(x.T @ y).Q
+        y = x @ z
+        del z
+    basis = torch.linalg.qr(y).Q
+    del y
+    b = basis.T @ x  # q x k
+    gram = b.double() @ b.double().T
+    w, ub = torch.linalg.eigh(gram)  # ascending
+    ub = ub[:, -r:].flip(1).to(x.dtype)
+    s = w[-r:].flip(0).clamp(min=0).sqrt().to(x.dtype)
+    u = basis @ ub
+    vs = b.T @ ub  # k x r = V_r diag(s_r)
+    v = vs / torch.where(s > 0, s, torch.ones_like(s))
+    return u, s, v
 
 
 def truncated_svd(a: Tensor, r: int, exact: bool | None = None) -> tuple[Tensor, Tensor, Tensor]:
@@ -142,15 +261,11 @@ def truncated_svd(a: Tensor, r: int, exact: bool | None = None) -> tuple[Tensor,
     x = a.to(device=dev, dtype=_work_dtype(a))
     if exact is None:
         exact = not (r <= _LOWRANK_MAX_FRACTION * m and m >= _LOWRANK_MIN_DIM)
-    if exact or r >= m:
+    if exact or r >= m or r == 0:
         u, s, vh = torch.linalg.svd(x, full_matrices=False)
         u, s, v = u[:, :r], s[:r], vh[:r, :].T
     else:
-        devices = [dev.index if dev.index is not None else 0] if dev.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(_LOWRANK_SEED)
-            u, s, v = torch.svd_lowrank(x, q=_lowrank_q(r, m), niter=_LOWRANK_NITER)
-        u, s, v = u[:, :r], s[:r], v[:, :r]
+        u, s, v = _randomized_svd(x, r, _lowrank_q(r, m), _LOWRANK_NITER)
     return u.to(a.device), s.to(a.device), v.to(a.device)
 
 
@@ -176,8 +291,8 @@ def svp(t: Tensor, rank_ratio: float, exact: bool | None = None) -> Tensor:
 
     Computed in float32 (float64 for float64 input) and returned in the input dtype, on the
     input's device (the SVD itself runs on CUDA when available, see :func:`svd_device`).
-    ``exact=None`` (default) uses a seeded randomized SVD (``torch.svd_lowrank`` with
-    ``niter=10`` power iterations and a subspace of ``q = 2r + 10`` columns) when
+    ``exact=None`` (default) uses a seeded randomized SVD (subspace iteration with
+    ``niter=4`` power iterations on ``q = 2r + 10`` columns, :func:`_randomized_svd`) when
     ``r <= 0.25 * min(d, k)`` and ``min(d, k) >= 64``, and the exact ``torch.linalg.svd``
     otherwise; ``exact=True`` forces the exact SVD, ``exact=False`` forces the randomized one
     (when r < min(d, k)). Non-float tensors are returned unchanged.

@@ -1,6 +1,11 @@
 """Shared test helpers."""
 
 import pytest
+from hypothesis import settings
+
+# On a shared, oversubscribed CPU a single example can exceed Hypothesis' 200 ms deadline
+# for reasons unrelated to the code under test: `pytest --hypothesis-profile=no-deadline`.
+settings.register_profile("no-deadline", deadline=None)
 
 #: The smallest Whisper architecture the library's base builder accepts; shared by the tests
 #: that need a real (tiny) WhisperForConditionalGeneration.
