@@ -8,9 +8,12 @@ sm = snakemake  # noqa: F821
 with job_log(sm.log[0]) as log:
     method = sm.wildcards.method
     lam, params = sm.params.lam, sm.params.params
-    if sm.input.sel_tv:  # dev-selected (r, p) and λ (rules/select.smk)
-        params = selected_params(params, list(sm.input.sel_tv))
-        lam = selected_lambda(lam, method, sm.input.sel_lambda[0] if sm.input.sel_lambda else None)
+    # Dev-selected (r, p) and λ (rules/select.smk); merge_combined (rules/joint.smk) has none.
+    sel_tv = list(getattr(sm.input, "sel_tv", []))
+    sel_lambda = list(getattr(sm.input, "sel_lambda", []))
+    if sel_tv:
+        params = selected_params(params, sel_tv)
+        lam = selected_lambda(lam, method, sel_lambda[0] if sel_lambda else None)
         log.info("dev-selected: λ=%s, params=%s", lam, params)
     merge_models(
         sm.input.base,
