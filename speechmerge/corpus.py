@@ -7,13 +7,14 @@ translation (the X→en speech-translation target).
 
 Sources:
 
-* ``synthetic``: the embedded benchmark. Numbers spoken by eSpeak NG in the paper's ten
-  languages, words from ``num2words``. Two domains, as Whisper's pre-training data vs
-  CoVoST-2: the *base* split (pre-training only: numbers below ``base_max_number``, clean
-  "studio" voices) and the *target* splits ``train/dev/test`` (numbers up to
-  ``max_number``, other voice variants, faster speech, higher pitch, white noise). The
-  number range is partitioned once (seeded) into disjoint train / dev / test pools, and the
-  base domain draws only from the train pool, so dev and test texts are never seen in
+* ``synthetic``: the embedded benchmark. Sequences of numbers spoken by eSpeak NG in the
+  paper's ten languages, words from ``num2words`` (the default preset: digit strings such as
+  "sieben drei null acht" -> "seven three zero eight"). Two domains, as Whisper's
+  pre-training data vs CoVoST-2: the *base* split (pre-training only: clean "studio" voices,
+  its own sequence lengths and number range) and the *target* splits ``train/dev/test``
+  (other voice variants, faster speech, higher pitch, white noise, other lengths). Every
+  text belongs to exactly one of train / dev / test by a seeded hash (:func:`text_split`),
+  and the base domain draws only train texts, so dev and test texts are never seen in
   training of any model.
 * ``covost2`` (see :mod:`speechmerge.covost`), written in the same format.
 """
@@ -62,38 +63,65 @@ def number_text(n: int, lang: str) -> str:
     return num2words(n, lang=lang)
 
 
-def partition_numbers(max_number: int, seed: int, dev_frac: float, test_frac: float):
-    """Disjoint train/dev/test pools of the integers 0..max_number (seeded permutation)."""
-    rng = np.random.default_rng(stable_seed(seed, "partition"))
-    perm = rng.permutation(max_number + 1)
-    n_test = round(test_frac * perm.size)
-    n_dev = round(dev_frac * perm.size)
-    return {
-        "test": np.sort(perm[:n_test]),
-        "dev": np.sort(perm[n_test : n_test + n_dev]),
-        "train": np.sort(perm[n_test + n_dev :]),
-    }
+def text_split(numbers: tuple[int, ...], seed: int, dev_frac: float, test_frac: float) -> str:
+    """The split ("train", "dev" or "test") an utterance text belongs to.
 
-
-def _sample_numbers(pool: np.ndarray, count: int, upper: int, rng: np.random.Generator):
-    """Draw `count` numbers from `pool` (below `upper`), roughly uniform over digit counts.
-
-    Draws without replacement while the pool lasts, so a split repeats a text only when it
-    asks for more utterances than its pool has.
+    Decided by a seeded hash of the number sequence alone, so every text has exactly one
+    split whichever language speaks it and whichever split asks: dev and test texts are never
+    seen in training of any model (the base domain draws from "train" texts only).
     """
-    pool = pool[pool <= upper]
-    if pool.size == 0:
-        raise ValueError(f"empty number pool below {upper}")
-    digits = np.array([len(str(int(n))) for n in pool])
-    weights = np.zeros(pool.size)
-    for d in np.unique(digits):
-        weights[digits == d] = 1.0 / np.sum(digits == d)
-    weights /= weights.sum()
-    out: list[int] = []
+    u = stable_seed(seed, "split", *numbers) / 2.0**64
+    if u < test_frac:
+        return "test"
+    if u < test_frac + dev_frac:
+        return "dev"
+    return "train"
+
+
+def _draw_number(upper: int, rng: np.random.Generator) -> int:
+    """A number in 0..upper, uniform over digit counts, then uniform within a digit count."""
+    n_digits = int(rng.integers(1, len(str(upper)) + 1))
+    lo = 0 if n_digits == 1 else 10 ** (n_digits - 1)
+    hi = min(upper, 10**n_digits - 1)
+    return int(rng.integers(lo, hi + 1))
+
+
+def sample_texts(
+    split: str,
+    count: int,
+    domain: dict,
+    cfg: dict,
+    seed: int,
+    rng: np.random.Generator,
+) -> list[tuple[int, ...]]:
+    """Draw `count` number sequences of `split`'s texts for a domain.
+
+    A sequence has ``domain["numbers_per_utterance"]`` numbers (default [1, 1]: one number per
+    utterance), each drawn by :func:`_draw_number` below ``domain["max_number"]``. Sequences
+    are distinct while the split's text space lasts; after many rejected draws (a tiny space)
+    repeats are allowed rather than looping forever.
+    """
+    want = "train" if split == "base" else split
+    lo, hi = domain.get("numbers_per_utterance", [1, 1])
+    out: list[tuple[int, ...]] = []
+    seen: set[tuple[int, ...]] = set()
+    misses = 0
     while len(out) < count:
-        k = min(count - len(out), pool.size)
-        out.extend(int(x) for x in rng.choice(pool, size=k, replace=False, p=weights))
+        k = int(rng.integers(lo, hi + 1))
+        seq = tuple(_draw_number(domain["max_number"], rng) for _ in range(k))
+        if text_split(seq, seed, cfg["dev_fraction"], cfg["test_fraction"]) != want:
+            continue
+        if seq in seen and misses < 200 * count:
+            misses += 1
+            continue
+        seen.add(seq)
+        out.append(seq)
     return out
+
+
+def sequence_text(numbers: tuple[int, ...], lang: str) -> str:
+    """The words of a number sequence in `lang`, numbers separated by spaces."""
+    return " ".join(number_text(n, lang) for n in numbers)
 
 
 def synthesize_language(lang: str, out_dir: str | Path, cfg: dict, seed: int, progress=True):
@@ -109,26 +137,22 @@ def synthesize_language(lang: str, out_dir: str | Path, cfg: dict, seed: int, pr
     from .synth import speak
 
     with atomic_dir(out_dir) as tmp:
-        pools = partition_numbers(
-            cfg["max_number"], seed, cfg["dev_fraction"], cfg["test_fraction"]
-        )
-        pools["base"] = pools["train"]
         for split in SPLITS:
             domain = cfg["domains"]["base" if split == "base" else "target"]
             rng = np.random.default_rng(stable_seed(seed, lang, split))
             count = cfg["utterances"][split]
-            numbers = _sample_numbers(pools[split], count, domain["max_number"], rng)
+            texts = sample_texts(split, count, domain, cfg, seed, rng)
             (tmp / "clips" / split).mkdir(parents=True)
             rows = []
-            for i, n in enumerate(
-                tqdm(numbers, desc=f"synth {lang}/{split}", disable=not progress, mininterval=2)
+            for i, seq in enumerate(
+                tqdm(texts, desc=f"synth {lang}/{split}", disable=not progress, mininterval=2)
             ):
                 variant = domain["variants"][rng.integers(len(domain["variants"]))]
                 rate = int(rng.integers(domain["rate"][0], domain["rate"][1] + 1))
                 pitch = int(rng.integers(domain["pitch"][0], domain["pitch"][1] + 1))
                 snr = domain.get("snr_db")
                 snr_db = float(rng.uniform(snr[0], snr[1])) if snr else None
-                sentence = number_text(n, lang)
+                sentence = sequence_text(seq, lang)
                 audio = speak(sentence, lang, variant, rate, pitch, snr_db, rng)
                 # Keep every utterance inside the model's input window: speak faster.
                 while audio.size > cfg["max_seconds"] * 16_000:
@@ -139,7 +163,7 @@ def synthesize_language(lang: str, out_dir: str | Path, cfg: dict, seed: int, pr
                 sf.write(tmp / rel, audio, 16_000, subtype="PCM_16")
                 rows.append(
                     Utterance(
-                        uid, rel, round(audio.size / 16_000, 3), sentence, number_text(n, "en")
+                        uid, rel, round(audio.size / 16_000, 3), sentence, sequence_text(seq, "en")
                     )
                 )
             write_tsv(rows, tmp / f"{split}.tsv")

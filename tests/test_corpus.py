@@ -22,10 +22,12 @@ from speechmerge.corpus import (
     load_audio,
     make_subset,
     number_text,
-    partition_numbers,
     read_tsv,
+    sample_texts,
+    sequence_text,
     subset_by_duration,
     synthesize_language,
+    text_split,
     write_tsv,
 )
 from speechmerge.synth import TARGET_SR, ESpeak, resample, speak
@@ -139,10 +141,15 @@ def test_speech_does_not_depend_on_history():
 def test_targets_are_spoken_language_and_english(corpora):
     words = {number_text(n, LANG): number_text(n, "en") for n in range(1000)}
     assert len(words) == 1000  # num2words is injective on this range
+    cfg = corpora["cfg"]
     for split in SPLITS:
+        domain = cfg["domains"]["base" if split == "base" else "target"]
+        lo, hi = domain.get("numbers_per_utterance", [1, 1])
         for row in read_tsv(corpora["a"] / f"{split}.tsv"):
-            assert row.sentence in words, row
-            assert row.translation == words[row.sentence]
+            spoken, english = row.sentence.split(" "), row.translation.split(" ")
+            assert lo <= len(spoken) == len(english) <= hi, row
+            for word, en in zip(spoken, english):
+                assert words[word] == en, row
 
 
 def test_breath_noise_does_not_depend_on_the_clock():
@@ -158,24 +165,40 @@ def test_breath_noise_does_not_depend_on_the_clock():
 # Disjointness of number pools and texts
 
 
-@pytest.mark.parametrize(
-    "max_number,seed,dev,test",
-    [(999, 7, 0.1, 0.1), (9999, 1234, 0.1, 0.1), (10, 0, 0.2, 0.3), (57, 5, 0.05, 0.5)],
+@settings(max_examples=200, deadline=None)
+@given(
+    seq=st.lists(st.integers(0, 9999), min_size=1, max_size=6).map(tuple),
+    seed=st.integers(0, 2**31),
+    dev=st.floats(0.0, 0.5),
+    test=st.floats(0.0, 0.5),
 )
-def test_partition_numbers_is_a_partition(max_number, seed, dev, test):
-    pools = partition_numbers(max_number, seed, dev, test)
-    assert set(pools) == {"train", "dev", "test"}
-    sets = {k: set(map(int, v)) for k, v in pools.items()}
-    for k, v in pools.items():
-        assert len(sets[k]) == v.size  # no duplicates inside a pool
-    assert not sets["train"] & sets["dev"]
-    assert not sets["train"] & sets["test"]
-    assert not sets["dev"] & sets["test"]
-    assert sets["train"] | sets["dev"] | sets["test"] == set(range(max_number + 1))
-    assert pools["test"].size == round(test * (max_number + 1))
-    assert pools["dev"].size == round(dev * (max_number + 1))
-    again = partition_numbers(max_number, seed, dev, test)
-    assert all(np.array_equal(pools[k], again[k]) for k in pools)
+def test_every_text_has_exactly_one_split(seq, seed, dev, test):
+    split = text_split(seq, seed, dev, test)
+    assert split in {"train", "dev", "test"}
+    assert text_split(seq, seed, dev, test) == split  # deterministic
+    if test == 0 and dev == 0:
+        assert split == "train"
+
+
+def test_split_fractions_and_sampling():
+    cfg = {"dev_fraction": 0.1, "test_fraction": 0.2}
+    counts = {"train": 0, "dev": 0, "test": 0}
+    for n in range(10_000):
+        counts[text_split((n,), 7, 0.1, 0.2)] += 1
+    assert abs(counts["test"] - 2000) < 200 and abs(counts["dev"] - 1000) < 150
+    domain = {"max_number": 9, "numbers_per_utterance": [3, 5]}
+    rng = np.random.default_rng(0)
+    texts = sample_texts("test", 300, domain, cfg, 7, rng)
+    assert len(set(texts)) == 300  # distinct while the space lasts
+    assert all(3 <= len(t) <= 5 and all(0 <= n <= 9 for n in t) for t in texts)
+    assert all(text_split(t, 7, 0.1, 0.2) == "test" for t in texts)
+    base = sample_texts("base", 100, domain, cfg, 7, np.random.default_rng(1))
+    assert all(text_split(t, 7, 0.1, 0.2) == "train" for t in base)
+    # A tiny text space (one number, 0..9) is exhausted: repeats rather than an endless loop.
+    tiny = sample_texts("train", 30, {"max_number": 9}, cfg, 7, np.random.default_rng(2))
+    assert len(tiny) == 30 and len(set(tiny)) < 30
+    assert sequence_text((7, 21), "de") == "sieben einundzwanzig"
+    assert sequence_text((7, 21), "en") == "seven twenty-one"
 
 
 def test_split_texts_are_disjoint(corpora):
