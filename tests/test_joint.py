@@ -24,7 +24,7 @@ LANGS = ["ca", "de"]
 
 
 def smoke_config(**overrides) -> dict:
-    config = yaml.safe_load((REPO / "configs/smoke.yaml").read_text())
+    config = yaml.safe_load((REPO / "configs/smoke-study.yaml").read_text())
     config.update(overrides)
     return config
 

@@ -28,7 +28,7 @@ HIGH = ["ca", "de", "es", "fr", "it"]
 
 @pytest.fixture
 def smoke() -> dict:
-    return copy.deepcopy(load_config(ROOT / "configs" / "smoke.yaml"))
+    return copy.deepcopy(load_config(ROOT / "configs" / "smoke-study.yaml"))
 
 
 @pytest.mark.parametrize(
@@ -38,6 +38,8 @@ def smoke() -> dict:
         "configs/smoke-lowres.yaml",
         "config.yaml",
         "configs/smoke.yaml",
+        "configs/smoke-study.yaml",
+        "configs/synthetic-study.yaml",
     ],
 )
 def test_presets_validate(path):

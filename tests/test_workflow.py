@@ -31,7 +31,6 @@ def snakemake(workdir: Path, *args: str, timeout: int = 600, **kw) -> subprocess
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("smoke")
-    # 96 jobs; ~6 min at load 4-6 on the 2-core machine (joint training added 24 jobs)
     res = snakemake(
         workdir, "--cores", "2", "--configfile", str(REPO / "configs/smoke.yaml"), timeout=1200
     )
@@ -39,36 +38,62 @@ def smoke_run(tmp_path_factory) -> Path:
     return workdir
 
 
-def test_smoke_tables_numeric(smoke_run: Path):
-    config = yaml.safe_load((REPO / "configs/smoke.yaml").read_text())
-    langs = config["languages"]
-    tables = {p.stem: p for p in (smoke_run / "results/tables").glob("*.csv")}
+STUDY = str(REPO / "configs/smoke-study.yaml")
+
+
+@pytest.fixture(scope="module")
+def study_run(smoke_run: Path, tmp_path_factory) -> Path:
+    """The study smoke preset (joint training, dev selection, Figures 3-5) in a copy of the
+    smoke run: same corpus, base and fine-tunes, which it must reuse."""
+    import shutil
+
+    workdir = tmp_path_factory.mktemp("study") / "run"
+    shutil.copytree(smoke_run, workdir, symlinks=True)
+    res = snakemake(workdir, "--cores", "2", "--configfile", STUDY, timeout=1200)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
+    out = res.stdout + res.stderr
+    for rule in ("base", "corpus_synthetic", "finetune", "taskvector"):
+        assert f"rule {rule}:" not in out, rule
+    return workdir
+
+
+METHOD_ROWS = ["Weight Averaging", "Task Arithmetic", "MP-Merging", "SVP-Merging", "LoRS-Merging"]
+
+
+def check_tables(run: Path, config_path: Path) -> dict[str, pd.DataFrame]:
+    config = yaml.safe_load(config_path.read_text())
+    tables = {p.stem: p for p in (run / "results/tables").glob("*.csv")}
     assert set(tables) == {"table1", "table2", "table3", "table4", "table11", "table5", "table6"}
+    out = {}
     for name, path in tables.items():
-        df = pd.read_csv(path, index_col=0)
+        df = out[name] = pd.read_csv(path, index_col=0)
         if name not in ("table5", "table6"):  # hyper-parameter tables: one row per value
             assert len(df) >= 2 + len(config["merge"]["methods"]), name
         assert df.map(lambda x: isinstance(x, float) and math.isfinite(x)).all().all(), name
-        assert (smoke_run / f"results/tables/{name}.md").read_text().count("|") > 10
-    t1 = pd.read_csv(tables["table1"], index_col=0)
+        assert (run / f"results/tables/{name}.md").read_text().count("|") > 10
+    langs = config["languages"]
+    t1 = out["table1"]
     assert list(t1.columns) == [*langs, "Avg."]
-    assert list(t1.index) == [
-        "Pretrained",
-        "Finetuned",
-        "Multi-lingual training",
-        "Weight Averaging",
-        "Task Arithmetic",
-        "MP-Merging",
-        "SVP-Merging",
-        "LoRS-Merging",
-    ]
     assert t1["Avg."].tolist() == pytest.approx(t1[langs].mean(axis=1).tolist())
-    assert "Multi-task training" in pd.read_csv(tables["table3"], index_col=0).index
+    return out
 
 
-def test_smoke_table4_training_and_combined_rows(smoke_run: Path):
+def test_smoke_tables_numeric(smoke_run: Path):
+    tables = check_tables(smoke_run, REPO / "configs/smoke.yaml")
+    assert list(tables["table1"].index) == ["Pretrained", "Finetuned", *METHOD_ROWS]
+    assert not (smoke_run / "results/figures").exists()  # the studies are smoke-study's
+
+
+def test_study_tables_have_training_rows(study_run: Path):
+    tables = check_tables(study_run, REPO / "configs/smoke-study.yaml")
+    rows = ["Pretrained", "Finetuned", "Multi-lingual training", *METHOD_ROWS]
+    assert list(tables["table1"].index) == rows
+    assert "Multi-task training" in tables["table3"].index
+
+
+def test_study_table4_training_and_combined_rows(study_run: Path):
     """Table 4 as the paper's: joint training rows, each followed by its merges."""
-    t4 = pd.read_csv(smoke_run / "results/tables/table4.csv", index_col=0)
+    t4 = pd.read_csv(study_run / "results/tables/table4.csv", index_col=0)
     rows = list(t4.index)
     expected = [
         "ML and MT training",
@@ -82,15 +107,15 @@ def test_smoke_table4_training_and_combined_rows(smoke_run: Path):
     assert rows[:3] == ["Pretrained", "Finetuned", "ML and MT training"]
     assert rows[-6:] == expected[1:]
     assert t4.loc[expected].map(math.isfinite).all().all()
-    info = json.loads((smoke_run / "results/merged/mltrain-mtmerge/lors/merge.json").read_text())
+    info = json.loads((study_run / "results/merged/mltrain-mtmerge/lors/merge.json").read_text())
     assert info["method"] == "lors"
-    log = (smoke_run / "logs/joint/mlmt.log").read_text()
+    log = (study_run / "logs/joint/mlmt.log").read_text()
     assert "optimiser steps (sum of the fine-tunes')" in log
-    assert (smoke_run / "benchmarks/joint/mlmt.tsv").exists()
+    assert (study_run / "benchmarks/joint/mlmt.tsv").exists()
 
 
-def test_smoke_figures(smoke_run: Path):
-    figures = smoke_run / "results/figures"
+def test_study_figures(study_run: Path):
+    figures = study_run / "results/figures"
     for name, x in (
         ("fig3-num-languages", "languages"),
         ("fig4-data-scale", "hours"),
@@ -103,38 +128,38 @@ def test_smoke_figures(smoke_run: Path):
     fig4 = pd.read_csv(figures / "fig4-data-scale.csv")
     assert sorted(set(fig4["scale"])) == [0.5, 1.0]
     systems = {"Finetuned", "Task Arithmetic", "LoRS-Merging", "Multi-lingual training"}
-    assert set(fig4["system"]) == systems  # the smoke preset has joint ml-asr and ml-st
+    assert set(fig4["system"]) == systems  # smoke-study has joint ml-asr and ml-st
     # Joint training on the scaled subsets is not built: its points are at full data only.
     assert set(fig4.loc[fig4["system"] == "Multi-lingual training", "scale"]) == {1.0}
     fig5 = pd.read_csv(figures / "fig5-retain-ratio.csv")
     assert set(fig5["prune"]) == {"svp", "mp"} and sorted(set(fig5["retain"])) == [0.1, 1.0]
 
 
-def test_smoke_dev_selection(smoke_run: Path):
+def test_study_dev_selection(study_run: Path):
     """(r, p) per task vector and λ per setting come from the dev split and reach the merges."""
     import json
 
-    config = yaml.safe_load((REPO / "configs/smoke.yaml").read_text())
+    config = yaml.safe_load(Path(STUDY).read_text())
     grid = config["merge"]["select"]
-    sel = json.loads((smoke_run / "results/selection/taskvectors/ca-asr.json").read_text())
+    sel = json.loads((study_run / "results/selection/taskvectors/ca-asr.json").read_text())
     assert sel["dev_split"].endswith("subsets/ca/dev.tsv")
     assert len(sel["grid"]) == len(grid["rank_grid"]) * len(grid["keep_grid"])
-    lam = json.loads((smoke_run / "results/selection/lambda/ml-asr.json").read_text())
+    lam = json.loads((study_run / "results/selection/lambda/ml-asr.json").read_text())
     assert set(lam["lambda"]) == {"ta", "lors"}
     assert all(t.endswith("dev.tsv") for t in lam["dev_splits"])
-    info = json.loads((smoke_run / "results/merged/ml-asr/lors/merge.json").read_text())
+    info = json.loads((study_run / "results/merged/ml-asr/lors/merge.json").read_text())
     assert info["lambda"] == lam["lambda"]["lors"]
     assert info["taskvectors"][0]["params"]["rank_ratio"] == sel["rank_ratio"]
-    t5 = pd.read_csv(smoke_run / "results/tables/table5.csv", index_col=0)
+    t5 = pd.read_csv(study_run / "results/tables/table5.csv", index_col=0)
     assert t5.loc["LoRS-Merging: SVP ratio r (%)", "ca"] == pytest.approx(100 * sel["rank_ratio"])
 
 
-def test_smoke_html_report(smoke_run: Path):
+def test_study_html_report(study_run: Path):
     res = snakemake(
-        smoke_run, "--report", "report.html", "--configfile", str(REPO / "configs/smoke.yaml")
+        study_run, "--report", "report.html", "--configfile", STUDY
     )
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
-    html = (smoke_run / "report.html").read_text(errors="replace")
+    html = (study_run / "report.html").read_text(errors="replace")
     for name in ("fig3-num-languages.png", "fig5-retain-ratio.png", "table5.csv", "table1.csv"):
         assert name in html, name
 
