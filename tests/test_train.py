@@ -71,7 +71,10 @@ def test_micro_batch_size_does_not_change_training(tiny_model, ctc_weight, monke
         got, s = _trained(tiny_model, monkeypatch, micro_batch_size=micro, **kw)
         assert s["loss"] == pytest.approx(s_ref["loss"], rel=1e-5)
         for k in ref:
-            torch.testing.assert_close(got[k], ref[k], rtol=1e-4, atol=1e-6, msg=k)
+            # float sums in another order: the tolerance scales with the tensor's update (a
+            # wrong weighting of a micro-batch is off by 10 % or more, not by 1e-3)
+            scale = ref[k].abs().max().item()
+            torch.testing.assert_close(got[k], ref[k], rtol=1e-3, atol=1e-3 * scale, msg=k)
 
 
 def test_step_loss_is_the_mean_of_the_batches_hugging_face_losses(tiny_model):
