@@ -223,6 +223,12 @@ def subset_by_duration(rows: list[Utterance], seconds: float, seed: int) -> list
     longest = max((r.duration for r in rows), default=0.0)
     if total < seconds - longest:
         raise ValueError(f"could only fill {total:.1f}s of the requested {seconds:.1f}s")
+    if not chosen:
+        shortest = min((r.duration for r in rows), default=0.0)
+        raise ValueError(
+            f"the requested {seconds:.2f}s is shorter than every utterance (shortest "
+            f"{shortest:.2f}s): the subset would be empty; raise the hours or the scale"
+        )
     return sorted(chosen, key=lambda r: r.id)
 
 
@@ -238,7 +244,10 @@ def make_subset(corpus_tsv, out_tsv, hours: float, scale: float, seed: int) -> d
             f"{corpus_tsv}: holds {available:.1f}s of audio, fewer than the {seconds:.1f}s "
             f"requested ({hours} h × scale {scale}); make the corpus larger"
         )
-    chosen = subset_by_duration(rows, seconds, seed)
+    try:
+        chosen = subset_by_duration(rows, seconds, seed)
+    except ValueError as e:
+        raise ValueError(f"{corpus_tsv}: {e}") from None
     rel = os.path.relpath(corpus_tsv.parent, out_tsv.parent)
     chosen = [
         Utterance(

@@ -300,7 +300,12 @@ def test_subset_by_duration_properties(durations, frac, seed):
         elif available > requested - longest + eps:
             assert len(subset_by_duration(rows, requested, seed)) == len(rows)
         return
+    if requested < min(durations) - eps:
+        with pytest.raises(ValueError, match="empty"):  # no utterance fits
+            subset_by_duration(rows, requested, seed)
+        return
     chosen = subset_by_duration(rows, requested, seed)
+    assert chosen
     total = sum(r.duration for r in chosen)
     assert total <= requested + eps
     assert total >= requested - longest - eps
@@ -356,12 +361,22 @@ def test_make_subset_same_folder(corpora, tmp_path):
     corpus = tmp_path / "corpus"
     shutil.copytree(corpora["a"], corpus)
     src, out = corpus / "dev.tsv", corpus / "dev.sub.tsv"
-    make_subset(src, out, hours=1.0, scale=1e-4, seed=0)
+    seconds = sum(r.duration for r in read_tsv(src)) / 2
+    make_subset(src, out, hours=1.0, scale=seconds / 3600, seed=0)
     rows = read_tsv(out)
     assert rows
     for row in rows:
         assert row.audio.startswith("clips/dev/")
         assert load_audio(out, row).size > 0
+
+
+def test_make_subset_shorter_than_any_utterance(corpora, tmp_path):
+    src = corpora["a"] / "dev.tsv"
+    out = tmp_path / "sub" / "dev.tsv"
+    with pytest.raises(ValueError, match="empty") as err:
+        make_subset(src, out, hours=1.0, scale=1e-5, seed=0)  # 0.036 s
+    assert str(src) in str(err.value)
+    assert not out.exists()
 
 
 def test_make_subset_too_little_audio(corpora, tmp_path):
