@@ -13,7 +13,6 @@ import threading
 from math import gcd
 
 import numpy as np
-from scipy.signal import resample_poly
 
 TARGET_SR = 16_000
 
@@ -145,6 +144,8 @@ def resample(audio: np.ndarray, sr_in: int, sr_out: int = TARGET_SR) -> np.ndarr
     """Polyphase resampling with an anti-aliasing filter (exact rational ratio)."""
     if sr_in == sr_out:
         return audio.astype(np.float32)
+    from scipy.signal import resample_poly  # 1 s to import: only when a file needs it
+
     g = gcd(sr_in, sr_out)
     return resample_poly(audio, sr_out // g, sr_in // g).astype(np.float32)
 
