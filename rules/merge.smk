@@ -5,8 +5,8 @@ rule merge:
     input:
         base=f"{R}/models/base",
         taskvectors=setting_taskvectors,
-        sel_tv=lambda w: tv_selections(SETTINGS[w.setting]),
-        sel_lambda=lambda w: lambda_selections(w.setting),
+        sel_tv=lambda w: tv_selections(SETTINGS[w.setting], w.method),
+        sel_lambda=lambda w: lambda_selections(w.setting, w.method),
     output:
         directory(f"{R}/merged/{{setting}}/{{method}}"),
     log:

@@ -66,8 +66,8 @@ use rule merge as merge_study with:
             taskvector_at(lang, task, smstudy.fmt_scale(STUDY[w.ssetting]["scale"]))
             for lang, task in STUDY[w.ssetting]["pairs"]
         ],
-        sel_tv=lambda w: tv_selections(STUDY[w.ssetting]["pairs"]),
-        sel_lambda=lambda w: lambda_selections(STUDY[w.ssetting]["kind"]),
+        sel_tv=lambda w: tv_selections(STUDY[w.ssetting]["pairs"], w.method),
+        sel_lambda=lambda w: lambda_selections(STUDY[w.ssetting]["kind"], w.method),
     output:
         directory(f"{R}/merged/study/{{ssetting}}/{{method}}"),
     log:
@@ -79,7 +79,7 @@ use rule merge as merge_study with:
         params=lambda w: smcfg.merge_params(config, STUDY[w.ssetting]["pairs"]),
 
 
-use rule score_merged as score_study with:
+use rule score_pretrained as score_study with:
     input:
         model=f"{R}/merged/study/{{ssetting}}/{{method}}",
         test=lambda w: [

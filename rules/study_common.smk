@@ -15,14 +15,23 @@ def lambda_selection(setting):
     return f"{R}/selection/lambda/{setting}.json"
 
 
-def tv_selections(pairs):
-    """The (r, p) selection files a merge of `pairs` reads ([] without merge.select)."""
-    return [tv_selection(lang, task) for lang, task in pairs] if SELECT else []
+def tv_selections(pairs, method=None):
+    """The (r, p) selection files a merge of `pairs` with `method` reads ([] without
+    merge.select, or for a method that reads neither r nor p, e.g. WA and TA: their merges
+    do not wait for, nor rerun after, a selection that cannot change them)."""
+    if not SELECT or method in smselect.RATIO_FREE_METHODS:
+        return []
+    return [tv_selection(lang, task) for lang, task in pairs]
 
 
-def lambda_selections(setting):
-    """The λ selection file of a main setting ([] without merge.select or for other names)."""
-    return [lambda_selection(setting)] if SELECT and setting in SETTINGS else []
+def lambda_selections(setting, method=None):
+    """The λ selection file of a main setting ([] without merge.select, for other names, or
+    for a method whose λ is not selected)."""
+    if not SELECT or setting not in SETTINGS:
+        return []
+    if method is not None and method not in smselect.lambda_methods(config):
+        return []
+    return [lambda_selection(setting)]
 
 
 STUDY = smstudy.study_settings(config)

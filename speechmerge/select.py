@@ -172,6 +172,11 @@ def selected_lambda(lam: float, method: str, lambda_selection: str | Path | None
     return float(sel["lambda"].get(method, lam))
 
 
+# Methods that read neither a rank ratio r nor a keep ratio p (Weight Averaging, Task
+# Arithmetic): a dev-selected (r, p) cannot change their merges.
+RATIO_FREE_METHODS = frozenset({"wa", "ta"})
+
+
 def lambda_methods(config: dict) -> list[str]:
     """Methods whose λ is selected: ``merge.select.methods``, default every configured method
     that has a λ (all but Weight Averaging)."""

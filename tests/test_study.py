@@ -213,7 +213,8 @@ def test_selected_params_and_lambda(tmp_path):
 def test_lambda_methods(smoke):
     assert lambda_methods(smoke) == ["ta", "lors"]
     del smoke["merge"]["select"]["methods"]
-    assert lambda_methods(smoke) == ["ta", "mp", "svp", "lors"]
+    smoke["merge"]["methods"] = ["wa", "ta", "mp", "svp", "lors"]
+    assert lambda_methods(smoke) == ["ta", "mp", "svp", "lors"]  # every method but WA
 
 
 # --- Tables 5 and 6 -----------------------------------------------------------------------

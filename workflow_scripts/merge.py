@@ -13,8 +13,10 @@ with job_log(sm.log[0]) as log:
     sel_lambda = list(getattr(sm.input, "sel_lambda", []))
     if sel_tv:
         params = selected_params(params, sel_tv)
-        lam = selected_lambda(lam, method, sel_lambda[0] if sel_lambda else None)
-        log.info("dev-selected: λ=%s, params=%s", lam, params)
+        log.info("dev-selected (r, p): %s", params)
+    if sel_lambda:
+        lam = selected_lambda(lam, method, sel_lambda[0])
+        log.info("dev-selected λ: %s", lam)
     merge_models(
         sm.input.base,
         list(sm.input.taskvectors),
