@@ -48,7 +48,7 @@ use rule taskvector as joint_taskvector with:
         "benchmarks/taskvector/joint/{joint}.tsv"
 
 
-use rule score_merged as score_joint with:
+use rule score_pretrained as score_joint with:
     input:
         model=f"{R}/models/joint/{{joint}}",
         test=lambda w: [subset_tsv(lang, "test") for lang, _ in JOINT[w.joint]],

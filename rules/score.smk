@@ -36,16 +36,20 @@ use rule score_pretrained as score_finetuned with:
         "benchmarks/score/finetuned/{lang}-{task}.tsv"
 
 
+# One job per merge setting scores every method's merged model: the per-job cost here is
+# mostly Python and transformers start-up (~5 s), paid once instead of once per method.
+# Adding a method rescores its settings' other methods too (cheap); adding a language
+# re-merges and rescores only the settings that contain it.
 rule score_merged:
     input:
-        model=f"{R}/merged/{{setting}}/{{method}}",
+        model=lambda w: [f"{R}/merged/{w.setting}/{m}" for m in METHODS],
         test=setting_tests,
     output:
-        directory(f"{R}/scores/merged/{{setting}}/{{method}}"),
+        [directory(f"{R}/scores/merged/{{setting}}/{m}") for m in METHODS],
     log:
-        "logs/score/merged/{setting}/{method}.log",
+        "logs/score/merged/{setting}.log",
     benchmark:
-        "benchmarks/score/merged/{setting}/{method}.tsv"
+        "benchmarks/score/merged/{setting}.tsv"
     conda:
         "../envs/speechmerge.yaml"
     threads: 1
