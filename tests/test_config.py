@@ -32,9 +32,7 @@ def smoke(smoke_config) -> dict:
     return copy.deepcopy(smoke_config)
 
 
-@pytest.mark.parametrize(
-    "path", ["config.yaml", "configs/smoke.yaml", "configs/smoke-study.yaml"]
-)
+@pytest.mark.parametrize("path", ["config.yaml", "configs/smoke.yaml", "configs/smoke-study.yaml"])
 def test_shipped_configs_validate(path):
     config = load_config(ROOT / path)
     assert config["languages"]

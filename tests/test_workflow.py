@@ -54,6 +54,8 @@ def study_run(smoke_run: Path, tmp_path_factory) -> Path:
     out = res.stdout + res.stderr
     for rule in ("base", "corpus_synthetic", "finetune", "taskvector"):
         assert f"rule {rule}:" not in out, rule
+    merged = [wc for rule, wc in planned_jobs(out) if rule == "merge"]
+    assert merged and all(wc["method"] != "wa" for wc in merged)  # WA reads no selection
     return workdir
 
 
@@ -86,7 +88,8 @@ def test_smoke_tables_numeric(smoke_run: Path):
 
 def test_study_tables_have_training_rows(study_run: Path):
     tables = check_tables(study_run, REPO / "configs/smoke-study.yaml")
-    rows = ["Pretrained", "Finetuned", "Multi-lingual training", *METHOD_ROWS]
+    rows = ["Pretrained", "Finetuned", "Multi-lingual training"]
+    rows += ["Weight Averaging", "Task Arithmetic", "LoRS-Merging"]
     assert list(tables["table1"].index) == rows
     assert "Multi-task training" in tables["table3"].index
 
@@ -155,9 +158,7 @@ def test_study_dev_selection(study_run: Path):
 
 
 def test_study_html_report(study_run: Path):
-    res = snakemake(
-        study_run, "--report", "report.html", "--configfile", STUDY
-    )
+    res = snakemake(study_run, "--report", "report.html", "--configfile", STUDY)
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     html = (study_run / "report.html").read_text(errors="replace")
     for name in ("fig3-num-languages.png", "fig5-retain-ratio.png", "table5.csv", "table1.csv"):
@@ -230,23 +231,22 @@ def planned_jobs(stdout: str) -> list[tuple[str, dict[str, str]]]:
     return jobs
 
 
-def test_adding_a_language_reruns_only_what_depends_on_it(smoke_run: Path):
-    """After a complete run, adding `es` plans es's subset/fine-tunes/task vectors plus the
-    merges, scores and tables that include it; no other language's fine-tune or task vector."""
-    res = snakemake(
-        smoke_run,
-        "-n",
-        "--configfile",
-        str(REPO / "configs/smoke.yaml"),
-        "--config",
-        "languages=[ca,de,es]",
-    )
+def plan_adding_es(run: Path, config: Path) -> dict[str, list[dict]]:
+    """Dry-run `run` with `es` added to its languages; planned jobs grouped by rule."""
+    res = snakemake(run, "-n", "--configfile", str(config), "--config", "languages=[ca,de,es]")
     assert res.returncode == 0, res.stderr[-3000:]
     jobs = planned_jobs(res.stdout)
     assert jobs, res.stdout[-3000:]
     by_rule: dict[str, list[dict]] = {}
     for rule, wc in jobs:
         by_rule.setdefault(rule, []).append(wc)
+    return by_rule
+
+
+def test_adding_a_language_reruns_only_what_depends_on_it(smoke_run: Path):
+    """After a complete run, adding `es` plans es's subset/fine-tunes/task vectors plus the
+    merges, scores and tables that include it; no other language's fine-tune or task vector."""
+    by_rule = plan_adding_es(smoke_run, REPO / "configs/smoke.yaml")
     assert sorted(wc["task"] for wc in by_rule["finetune"]) == ["asr", "st"]
     assert {wc["lang"] for wc in by_rule["finetune"]} == {"es"}
     assert {wc["lang"] for wc in by_rule["taskvector"]} == {"es"}
@@ -257,6 +257,16 @@ def test_adding_a_language_reruns_only_what_depends_on_it(smoke_run: Path):
     # merges: every setting containing es, and none that does not (mt-ca, mt-de)
     settings = {wc["setting"] for wc in by_rule["merge"]}
     assert settings == {"ml-asr", "ml-st", "mt-es", "mlmt"}
+    assert "tables" in by_rule
+    assert "joint" not in by_rule  # joint training is the study preset's
+
+
+def test_adding_a_language_to_the_study(study_run: Path):
+    """With the study on, adding `es` retrains only the joint models that train on es and
+    re-merges the combined settings; no other language's fine-tune."""
+    by_rule = plan_adding_es(study_run, REPO / "configs/smoke-study.yaml")
+    assert {wc["lang"] for wc in by_rule["finetune"]} == {"es"}
+    assert "base" not in by_rule and "corpus_synthetic" not in by_rule
     # joint training: the models that train on es, not mt-ca / mt-de
     assert {wc["joint"] for wc in by_rule["joint"]} == {"ml-asr", "ml-st", "mt-es", "mlmt"}
     assert {wc["joint"] for wc in by_rule["joint_taskvector"]} == {"ml-asr", "ml-st", "mt-es"}
@@ -264,7 +274,6 @@ def test_adding_a_language_reruns_only_what_depends_on_it(smoke_run: Path):
         "mttrain-mlmerge",
         "mltrain-mtmerge",
     }
-    assert "tables" in by_rule
 
 
 def test_unknown_language_fails_at_start(tmp_path: Path):
