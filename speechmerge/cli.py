@@ -1,4 +1,4 @@
-"""Command-line interface: ``python -m speechmerge {merge,compress,decompress,methods}``.
+"""Command-line interface: ``python -m speechmerge {merge,compress,decompress,methods,results-md}``.
 
 ``merge`` takes Hugging Face Whisper model directories (the base and the fine-tuned models),
 computes the task vectors τ_i = θ_i − θ_0 into a temporary directory (streaming, one tensor
@@ -189,6 +189,31 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", required=True, metavar="FILE", help="output .safetensors file")
 
     sub.add_parser("methods", help="list the merge methods")
+
+    r = sub.add_parser(
+        "results-md",
+        help="the README's Results section from a workflow run (tables, verdicts, figures)",
+    )
+    r.add_argument(
+        "run_dir", metavar="RUN_DIR", help="the run's working directory (holds results/)"
+    )
+    r.add_argument(
+        "--readme",
+        metavar="FILE",
+        help="replace the section between the results markers in FILE (default: print it)",
+    )
+    r.add_argument(
+        "--figures-dir",
+        default="docs/results",
+        metavar="DIR",
+        help="where the figures are copied (default: docs/results)",
+    )
+    r.add_argument(
+        "--label",
+        default="",
+        metavar="TEXT",
+        help="first paragraph: which run, preset, commit, wall time",
+    )
     return parser
 
 
@@ -315,6 +340,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .compress import decompress
 
             decompress(args.compressed, args.out)
+            return 0
+        if args.command == "results-md":
+            from .results_md import replace_section, results_section
+
+            readme_dir = Path(args.readme).resolve().parent if args.readme else Path.cwd()
+            section = results_section(args.run_dir, args.figures_dir, readme_dir, args.label)
+            if args.readme:
+                replace_section(args.readme, section)
+            else:
+                print(section, end="")
             return 0
         print(_methods_help())
         return 0
