@@ -57,6 +57,36 @@ use rule score_pretrained as score_finetuned_scaled with:
         "benchmarks/score/finetuned@{scale}/{lang}-{task}.tsv"
 
 
+# Figure 4's multi-lingual-training line below scale 1: the joint ml-{task} model trained
+# on the scaled train subsets, for the sum of the scaled fine-tunes' optimiser steps (the
+# budget rule of rules/joint.smk applied to the smaller data).
+use rule joint as joint_scaled with:
+    input:
+        base=f"{R}/models/base",
+        train=lambda w: [
+            f"{R}/subsets/{lang}/train@{w.scale}.tsv"
+            for lang in smjoint.pair_languages(JOINT[w.joint])
+        ],
+    output:
+        directory(f"{R}/models/joint@{{scale}}/{{joint}}"),
+    log:
+        "logs/joint@{scale}/{joint}.log",
+    benchmark:
+        "benchmarks/joint@{scale}/{joint}.tsv"
+
+
+use rule score_joint as score_joint_scaled with:
+    input:
+        model=f"{R}/models/joint@{{scale}}/{{joint}}",
+        test=lambda w: [subset_tsv(lang, "test") for lang, _ in JOINT[w.joint]],
+    output:
+        directory(f"{R}/scores/joint@{{scale}}/{{joint}}"),
+    log:
+        "logs/score/joint@{scale}/{joint}.log",
+    benchmark:
+        "benchmarks/score/joint@{scale}/{joint}.tsv"
+
+
 # A study merge uses the λ of its main setting (ml-asr / ml-st) and, with merge.select, the
 # full-data (r, p) selected for each (language, task): one selection serves every variant.
 use rule merge as merge_study with:

@@ -99,18 +99,21 @@ def fig4_dirs():
 
 
 def fig4_joint_dirs():
-    """Multi-lingual training score folders of Figure 4, {"scale/task": folder}.
-
-    Joint training comes from rules/joint.smk (branch issue5a): where it defines JOINT with
-    ml-{task} models, their full-data scores are Figure 4's points at scale 1. STUB: points at
-    scales < 1 need joint ml-{task} training on subsets/{lang}/train@{scale}.tsv (a rule
-    `joint_scaled` -> models/joint@{scale}/ml-{task}, scored to scores/joint@{scale}/ml-{task});
-    add them here as f"{scale}/{task}" entries once that exists.
-    """
+    """Multi-lingual training score folders of Figure 4, {"scale/task": folder}: the joint
+    ml-{task} model of rules/joint.smk at scale 1, and at every scale < 1 the same model
+    trained on the scaled train subsets (rule joint_scaled). Empty without joint ml-{task}."""
     joint = globals().get("JOINT", {})
-    if "1" not in ALL_SCALES:
-        return {}
-    return {f"1/{t}": f"{R}/scores/joint/ml-{t}" for t in TASKS if f"ml-{t}" in joint}
+    return {
+        f"{s}/{t}": joint_scores_at(s, f"ml-{t}")
+        for s in ALL_SCALES
+        for t in TASKS
+        if f"ml-{t}" in joint
+    }
+
+
+def joint_scores_at(scale, name):
+    """Score folder of joint model `name` trained at data scale `scale` ("1": the main one)."""
+    return f"{R}/scores/joint/{name}" if scale == "1" else f"{R}/scores/joint@{scale}/{name}"
 
 
 def fig4_inputs():

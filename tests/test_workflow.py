@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -132,8 +133,12 @@ def test_study_figures(study_run: Path):
     assert sorted(set(fig4["scale"])) == [0.5, 1.0]
     systems = {"Finetuned", "Task Arithmetic", "LoRS-Merging", "Multi-lingual training"}
     assert set(fig4["system"]) == systems  # smoke-study has joint ml-asr and ml-st
-    # Joint training on the scaled subsets is not built: its points are at full data only.
-    assert set(fig4.loc[fig4["system"] == "Multi-lingual training", "scale"]) == {1.0}
+    # Multi-lingual training at every scale: below 1 from joint_scaled on train@{scale}
+    assert set(fig4.loc[fig4["system"] == "Multi-lingual training", "scale"]) == {0.5, 1.0}
+    log = (study_run / "logs/joint@0.5/ml-asr.log").read_text()
+    full = (study_run / "logs/joint/ml-asr.log").read_text()
+    steps = re.compile(r"(\d+) optimiser steps \(sum of the fine-tunes'\)")
+    assert 0 < int(steps.search(log)[1]) < int(steps.search(full)[1])  # less data, fewer steps
     fig5 = pd.read_csv(figures / "fig5-retain-ratio.csv")
     assert set(fig5["prune"]) == {"svp", "mp"} and sorted(set(fig5["retain"])) == [0.1, 1.0]
 
@@ -163,6 +168,24 @@ def test_study_html_report(study_run: Path):
     html = (study_run / "report.html").read_text(errors="replace")
     for name in ("fig3-num-languages.png", "fig5-retain-ratio.png", "table5.csv", "table1.csv"):
         assert name in html, name
+
+
+def test_study_results_section(study_run: Path, tmp_path: Path):
+    """The README's Results section from the smoke-study run: every table and figure, and
+    verdict numbers equal to the table CSVs."""
+    from speechmerge.results_md import BEGIN, END, results_section
+
+    section = results_section(study_run, tmp_path / "docs/results", tmp_path, "Smoke run.")
+    assert section.startswith(BEGIN) and section.rstrip().endswith(END)
+    for n in ("1", "2", "3", "4", "11", "5", "6"):
+        assert f"**Table {n}**" in section, n
+    for stem in ("fig3-num-languages", "fig4-data-scale", "fig5-retain-ratio"):
+        assert f"(docs/results/{stem}.png)" in section
+        assert (tmp_path / f"docs/results/{stem}.png").read_bytes()[:4] == b"\x89PNG"
+    t1 = pd.read_csv(study_run / "results/tables/table1.csv", index_col=0)
+    lors, joint = t1.loc["LoRS-Merging", "Avg."], t1.loc["Multi-lingual training", "Avg."]
+    row = next(line for line in section.splitlines() if line.startswith("| ML ASR (Table 1)"))
+    assert f"| {lors:.2f} " in row and f"| {joint:.2f} " in row
 
 
 @pytest.fixture(scope="module")
