@@ -196,7 +196,7 @@ def train(
     rng = random.Random(seed)
     order: list[int] = []
     t0 = time.time()
-    ema = None
+    ema = ema_ctc = None
     decay = 0.98**grad_accum  # the smoothing of a per-batch EMA with decay 0.98
     bar = tqdm(total=total, desc="train", disable=not progress, mininterval=5)
     for step in range(total):
@@ -212,7 +212,7 @@ def train(
             batches.append(idx)
         tokens = [sum(sum(t >= 0 for t in examples[i].labels) for i in idx) for idx in batches]
         ctc_rows = [sum(bool(examples[i].ctc_targets) for i in idx) for idx in batches]
-        value = 0.0
+        value = value_ctc = 0.0
         for chunk in micro_batches(batches, micro):
             batch = [examples[i] for _, i in chunk]
             feats, dec, lab = collate(batch, pad_id)
@@ -227,10 +227,13 @@ def train(
                 if ctc_head is not None:
                     w_ctc = [1.0 / (max(1, ctc_rows[k]) * grad_accum) for k, _ in chunk]
                     per_row = _ctc_row_losses(ctc_head, out.encoder_last_hidden_state, batch)
-                    loss = loss + ctc_weight * (per_row * torch.tensor(w_ctc, device=device)).sum()
+                    ctc = (per_row * torch.tensor(w_ctc, device=device)).sum()
+                    loss = loss + ctc_weight * ctc
+                    value_ctc += ctc.item()
             (scaler.scale(loss) if scaler else loss).backward()
             value += loss.item()
         ema = value if ema is None else decay * ema + (1 - decay) * value
+        ema_ctc = value_ctc if ema_ctc is None else decay * ema_ctc + (1 - decay) * value_ctc
         if scaler:
             scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -244,10 +247,11 @@ def train(
         bar.set_postfix(loss=f"{ema:.3f}")
         if step % max(1, total // 20) == 0 or step == total - 1:
             log.info(
-                "step %d/%d loss %.4f lr %.2e (%.0fs)",
+                "step %d/%d loss %.4f%s lr %.2e (%.0fs)",
                 step + 1,
                 total,
                 ema,
+                f" (ctc {ema_ctc:.4f})" if ctc_head is not None else "",
                 lr_at(step),
                 time.time() - t0,
             )

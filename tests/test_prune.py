@@ -92,6 +92,29 @@ def test_magnitude_prune_ties_exact_count() -> None:
     assert int((out != 0).sum()) == 6
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("p", [0.0001, 0.2, 0.4, 0.9])
+@pytest.mark.parametrize("ties", [False, True])
+def test_magnitude_prune_large_equals_sort_reference(dtype, p: float, ties: bool) -> None:
+    """Inputs above the direct-selection size (sample-bracketed path, in-place threshold and
+    copysign): the result is exactly M ⊙ W with M the top k of |w| by a full sort, ties at the
+    k-th magnitude going to the lowest flat indices."""
+    g = torch.Generator().manual_seed(7)
+    t = torch.randn(300, 400, generator=g, dtype=dtype)
+    if ties:  # many equal magnitudes (both signs) around the k-th largest
+        t = (t * 4).round() / 4
+    k = count_from_ratio(t.numel(), p)
+    flat = t.reshape(-1)
+    # reference: stable sort by descending magnitude -> lowest index first among equals
+    order = torch.sort(-flat.abs(), stable=True).indices[:k]
+    ref = torch.zeros_like(flat)
+    ref[order] = flat[order]
+    out = magnitude_prune(t, p)
+    assert out.dtype == dtype
+    assert torch.equal(out.reshape(-1), ref)
+    assert int(torch.count_nonzero(out)) == min(k, int(torch.count_nonzero(flat)))
+
+
 def test_magnitude_prune_dtype_and_nonfloat() -> None:
     t = randn((6, 7), 0, torch.float16)
     assert magnitude_prune(t, 0.5).dtype == torch.float16
