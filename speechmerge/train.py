@@ -251,7 +251,7 @@ def train(
                 step + 1,
                 total,
                 ema,
-                f" (ctc {ema_ctc:.4f})" if ctc_head is not None else "",
+                f" (of which {ctc_weight} x ctc {ema_ctc:.4f})" if ctc_head is not None else "",
                 lr_at(step),
                 time.time() - t0,
             )
