@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -50,7 +49,7 @@ def main() -> None:
     import torch
     import yaml
 
-    from speechmerge.corpus import read_tsv
+    from speechmerge.corpus import load_audio, read_tsv
     from speechmerge.decode import transcribe
     from speechmerge.metrics import score
     from speechmerge.model import load_pretrained
@@ -73,8 +72,6 @@ def main() -> None:
     summary = pretrain_synthetic_base(corpus, cfg, args.out, seed=args.seed)
     model, processor = load_pretrained(str(args.out))
     result = {"set": args.set, "loss": summary["loss"], "train_s": round(time.time() - t0, 1)}
-    from speechmerge.corpus import load_audio
-
     for lang in args.score:
         tsv = args.results / "subsets" / lang / "dev.tsv"
         rows = read_tsv(tsv)[: args.dev_utterances]
@@ -84,7 +81,6 @@ def main() -> None:
             score("asr", [r.sentence for r in rows], hyps)["score"], 2
         )
     print(json.dumps(result), flush=True)
-    os.makedirs(args.out, exist_ok=True)
     (args.out / "probe.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
