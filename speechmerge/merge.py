@@ -62,12 +62,12 @@ from . import __version__
 from .prune import (
     count_from_ratio,
     is_prunable,
+    keep_selection,
     lors_dense,
     magnitude_prune,
-    mask_from_threshold,
     svd_device,
     svp,
-    topk_threshold,
+    topk_selection,
     truncated_svd,
 )
 from .taskvector import (
@@ -358,8 +358,8 @@ def ties_merging(
     (4) ``θ0 + λ τ_m``.
 
     Streams in two passes over the τ_i: pass 1 accumulates Σ_i τ̂_i (and remembers each τ̂_i's
-    top-k threshold, :func:`speechmerge.prune.topk_threshold`); pass 2 re-reads τ_i, rebuilds
-    τ̂_i from its threshold and accumulates the agreeing entries and their count.
+    top-k selection, :func:`speechmerge.prune.topk_selection`); pass 2 re-reads τ_i, rebuilds
+    τ̂_i from its selection and accumulates the agreeing entries and their count.
     """
     n = len(taskvectors)
     ks = [
@@ -368,26 +368,24 @@ def ties_merging(
     ]
     if len(ks) != n:
         raise ValueError(f"ties: {len(ks)} parameter dicts for {n} task vectors")
-    thresholds: list[tuple[float, int] | None] = []
+    selections: list[tuple[float, int, int] | None] = []
 
     def trim(i: int, tv: Tensor, first: bool) -> Tensor:
         k = ks[i]
         if k >= tv.numel():
             if first:
-                thresholds.append(None)
+                selections.append(None)
             return tv
         if k == 0:
             if first:
-                thresholds.append(None)
+                selections.append(None)
             return torch.zeros_like(tv)
-        mag = tv.abs().reshape(-1)
+        mag = tv.abs()
         if first:
-            thresholds.append(topk_threshold(mag, k))
-        thr = thresholds[i]
-        assert thr is not None
-        mask = mask_from_threshold(mag, *thr).reshape(tv.shape)
-        del mag
-        return torch.where(mask, tv, torch.zeros((), dtype=tv.dtype))
+            selections.append(topk_selection(mag.reshape(-1), k))
+        sel = selections[i]
+        assert sel is not None
+        return keep_selection(tv, mag, sel)
 
     elected = _sum(base, taskvectors, lambda i, tv: trim(i, tv, True)).sign_()
     merged = torch.zeros_like(base)

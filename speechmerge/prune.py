@@ -32,14 +32,17 @@ __all__ = [
     "NON_PRUNABLE_SUBSTRINGS",
     "count_from_ratio",
     "is_prunable",
+    "keep_selection",
     "lors",
     "lors_dense",
     "magnitude_prune",
+    "mask_from_selection",
     "rank_from_ratio",
     "svd_device",
     "svp",
     "svp_factors",
     "topk_mask",
+    "topk_selection",
     "topk_threshold",
     "truncated_svd",
 ]
@@ -109,9 +112,10 @@ def count_from_ratio(numel: int, ratio: float) -> int:
     return max(0, min(int(numel), k))
 
 
-def _select(a: Tensor, k: int) -> tuple[float, int, int]:
+def topk_selection(a: Tensor, k: int) -> tuple[float, int, int]:
     """``(thr, ties, n_eq)``: :func:`topk_threshold`'s result plus the number of entries of ``a``
-    equal to ``thr`` (so ``ties == n_eq`` means the top-k set is exactly ``a >= thr``)."""
+    equal to ``thr`` (so ``ties == n_eq`` means the top-k set is exactly ``a >= thr``). Apply
+    it with :func:`mask_from_selection` or :func:`keep_selection`."""
     n = a.numel()
     if not 1 <= k < n:
         raise ValueError(f"k must be in [1, {n - 1}], got {k}")
@@ -165,7 +169,7 @@ def topk_threshold(a: Tensor, k: int) -> tuple[float, int]:
     bracket misses (rare, e.g. heavy ties) it falls back to ``kthvalue`` on all of ``a``.
     Either way the result is exact.
     """
-    thr, ties, _ = _select(a, k)
+    thr, ties, _ = topk_selection(a, k)
     return thr, ties
 
 
@@ -183,6 +187,35 @@ def mask_from_threshold(a: Tensor, thr: float, ties: int) -> Tensor:
     return mask
 
 
+def mask_from_selection(a: Tensor, selection: tuple[float, int, int]) -> Tensor:
+    """Boolean mask of the top-k set of ``a`` described by ``selection`` (from
+    :func:`topk_selection` on the same data): one comparison when every entry equal to the
+    threshold is kept (the usual case), else :func:`mask_from_threshold`."""
+    thr, ties, n_eq = selection
+    if ties == n_eq:
+        return a >= thr
+    return mask_from_threshold(a, thr, ties)
+
+
+def keep_selection(t: Tensor, mag: Tensor, selection: tuple[float, int, int]) -> Tensor:
+    """``t`` on the top-k set of ``mag = |t|`` described by ``selection`` (from
+    :func:`topk_selection` on ``mag``), 0 elsewhere: Magnitude Pruning with a known selection.
+    ``mag`` is overwritten (it becomes the result when possible).
+
+    Without ties at the threshold (the usual case) the kept set is ``|t| >= thr`` and the
+    result is built in place in ``mag`` with two vectorised passes (``threshold_``,
+    ``copysign``); a masked ``where`` on a random mask is several times slower on CPU.
+    """
+    thr, ties, n_eq = selection
+    if ties == n_eq and 0 < thr < math.inf and t.dtype in (torch.float32, torch.float64):
+        # keep |t| >= thr: threshold_ zeroes the entries <= the float (of t's dtype) below thr
+        below = torch.nextafter(torch.tensor(thr, dtype=t.dtype), torch.tensor(0.0, dtype=t.dtype))
+        torch.nn.functional.threshold_(mag, float(below), 0.0)
+        return torch.copysign(mag, t, out=mag)
+    mask = mask_from_selection(mag.reshape(-1), selection).reshape(t.shape)
+    return torch.where(mask, t, torch.zeros((), dtype=t.dtype, device=t.device))
+
+
 def topk_mask(a: Tensor, k: int) -> Tensor:
     """Boolean mask (same shape as ``a``) of exactly ``k`` largest entries of float ``a``.
 
@@ -194,8 +227,7 @@ def topk_mask(a: Tensor, k: int) -> Tensor:
     if k >= n:
         return torch.ones(a.shape, dtype=torch.bool, device=a.device)
     flat = a.reshape(-1)
-    thr, ties = topk_threshold(flat, k)
-    return mask_from_threshold(flat, thr, ties).reshape(a.shape)
+    return mask_from_selection(flat, topk_selection(flat, k)).reshape(a.shape)
 
 
 def magnitude_prune(t: Tensor, keep_ratio: float) -> Tensor:
@@ -203,11 +235,7 @@ def magnitude_prune(t: Tensor, keep_ratio: float) -> Tensor:
 
     Exactly ``k = count_from_ratio(t.numel(), keep_ratio)`` entries survive (ties at the k-th
     largest magnitude go to the lowest flat indices, :func:`topk_mask`); all others are set to
-    zero. Non-float tensors are returned unchanged (copy).
-
-    Without ties at the k-th largest magnitude (the usual case) the kept set is ``|w| >= thr``
-    and the result is built in place in ``|t|`` with two vectorised passes (``threshold_``,
-    ``copysign``); masked ``where`` on a random mask is several times slower on CPU.
+    zero. Non-float tensors are returned unchanged (copy). See :func:`keep_selection`.
     """
     if not t.is_floating_point():
         return t.clone()
@@ -218,14 +246,7 @@ def magnitude_prune(t: Tensor, keep_ratio: float) -> Tensor:
     if k == 0:
         return torch.zeros_like(t)
     mag = t.abs()
-    thr, ties, n_eq = _select(mag.reshape(-1), k)
-    if ties == n_eq and 0 < thr < math.inf and t.dtype in (torch.float32, torch.float64):
-        # keep |w| >= thr: threshold_ zeroes the entries <= the float (of t's dtype) below thr
-        below = torch.nextafter(torch.tensor(thr, dtype=t.dtype), torch.tensor(0.0, dtype=t.dtype))
-        torch.nn.functional.threshold_(mag, float(below), 0.0)
-        return torch.copysign(mag, t, out=mag)
-    mask = mask_from_threshold(mag.reshape(-1), thr, ties).reshape(t.shape)
-    return torch.where(mask, t, torch.zeros((), dtype=t.dtype, device=t.device))
+    return keep_selection(t, mag, topk_selection(mag.reshape(-1), k))
 
 
 def _work_dtype(t: Tensor) -> torch.dtype:
