@@ -22,8 +22,12 @@ a *copy* of that architecture definition with the trailing dot added to every mo
 ``NAME_TO_ARCH`` table and then calls ``mergekit-yaml``'s ``main()``. The fix is applied only
 when the prefix lacks the dot, so a fixed mergekit release runs unchanged.
 
-Writes ``<out-dir>/merge.json`` (``merge-quick.json`` with ``--quick``): method -> wall
-seconds and peak RSS bytes, plus the size in bytes of one fp32 model. Data go to
+Writes ``<out-dir>/merge.json`` (``merge-quick.json`` with ``--quick``; ``merge[-quick]-cold.json``
+with ``--cache cold``): method -> wall seconds and peak RSS bytes, plus the size in bytes of
+one fp32 model. Before every run the inputs' page-cache state is set (``--cache``): ``warm``
+(default) reads them once, ``cold`` drops them, so that no run depends on what the previous
+one left in memory (ten task vectors plus ten fine-tuned models for mergekit are ~20 GB, more
+than the page cache keeps). Data go to
 ``<out-dir>/data[-quick]/`` and are reused by later runs.
 
     .venv/bin/python benchmarks/merge_bench.py --quick --out-dir /tmp/bench   # 2+2 layers, 3 τ
@@ -232,7 +236,30 @@ def measure(cmd: list[str]) -> None:
     print(json.dumps(res))
 
 
-def run_measured(cmd: list[str]) -> dict:
+def set_page_cache(files: list[Path], state: str) -> None:
+    """Put the input files of the next measurement in a known page-cache state.
+
+    ``warm``: read every file once, so the merge reads from memory (the inputs of one run,
+    ~10 GB, fit in RAM; without this, whatever the previous run evicted decides the time);
+    ``cold``: drop the files' pages (fsync, then ``POSIX_FADV_DONTNEED``), so the merge reads
+    from disk, as a user merging checkpoints that are not in memory does.
+    """
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            if state == "cold":
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            else:
+                while os.read(fd, 64 << 20):
+                    pass
+        finally:
+            os.close(fd)
+
+
+def run_measured(cmd: list[str], inputs: list[Path] | None = None, cache: str = "warm") -> dict:
+    if inputs:
+        set_page_cache(inputs, cache)
     p = subprocess.run(
         [sys.executable, __file__, "_measure", "--", *cmd],
         capture_output=True,
@@ -321,7 +348,10 @@ def table(result: dict) -> str:
     for mk in ("task_arithmetic", "ties"):
         if mk in result.get("mergekit", {}):
             rows.append((f"mergekit `{mk}`", f"mergekit {mk}", result["mergekit"][mk]))
+    cache = result.get("setup", {}).get("page_cache", "not controlled")
     lines = [
+        f"Inputs' page cache before each run: {cache}.",
+        "",
         "| method | wall s | CPU s | peak RSS GB | RSS / one fp32 model |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
@@ -403,6 +433,9 @@ def main() -> None:
     ap.add_argument("--install-mergekit", action="store_true",
                     help=f"create {MERGEKIT_VENV} and pip install mergekit if missing")  # fmt: skip
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache", choices=("warm", "cold"), default="warm",
+                    help="page-cache state of each run's input files: warm = read once "
+                    "before the run (default), cold = dropped before the run")  # fmt: skip
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads in every merge process (OMP_NUM_THREADS; default: "
                     "torch's). 1 avoids OpenMP oversubscription on a machine that is busy")  # fmt: skip
@@ -424,7 +457,8 @@ def main() -> None:
     model_bytes, largest = sum(sizes), max(sizes)
     result: dict = {
         "setup": {**stamp, "lambda": LAMBDA, "params": PARAMS, "torch_threads":
-                  args.threads or torch.get_num_threads(), "cuda": torch.cuda.is_available()},
+                  args.threads or torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+                  "page_cache": args.cache},
         "model_fp32_bytes": model_bytes,
         "largest_tensor_fp32_bytes": largest,
         "methods": {},
@@ -445,7 +479,8 @@ def main() -> None:
         print(f"{name:<22}{res['wall_s']:>9.1f}{res.get('cpu_s', 0):>9.1f}{rss / 2**20:>14.0f}"
               f"{rss / model_bytes:>13.2f}", flush=True)  # fmt: skip
 
-    name = "merge-quick.json" if args.quick else "merge.json"
+    name = ("merge-quick" if args.quick else "merge") + ("-cold" if args.cache == "cold" else "")
+    name += ".json"
     if args.update and (out_dir / name).is_file():
         old = json.loads((out_dir / name).read_text())
         for key in ("methods", "mergekit"):
@@ -470,7 +505,11 @@ def main() -> None:
         for mk in ("task_arithmetic", "ties"):
             cfg = Path(tmp) / f"{mk}.yml"
             cfg.write_text(mergekit_config(mk, data / "base", fts))
-            res = run_measured([py, str(launcher), str(cfg), f"{tmp}/mk-{mk}"])
+            ft_files = [data / "base" / "model.safetensors"]
+            ft_files += [f / "model.safetensors" for f in fts]
+            res = run_measured(
+                [py, str(launcher), str(cfg), f"{tmp}/mk-{mk}"], ft_files, args.cache
+            )
             shutil.rmtree(f"{tmp}/mk-{mk}", ignore_errors=True)
             result["mergekit"][mk] = res
             show(f"mergekit {mk}", res)
@@ -480,9 +519,13 @@ def main() -> None:
         res = run_measured([sys.executable, __file__, "_baseline"])
         result["process_baseline"] = res
         show("(imports only)", res)
+        inputs = [data / "base" / "model.safetensors"]
+        inputs += [data / f"tv{i}.safetensors" for i in range(n)]
         for i, m in enumerate(args.methods):
             res = run_measured(
-                [sys.executable, __file__, "_merge", m, str(data), str(n), f"{tmp}/{m}"]
+                [sys.executable, __file__, "_merge", m, str(data), str(n), f"{tmp}/{m}"],
+                inputs,
+                args.cache,
             )
             shutil.rmtree(f"{tmp}/{m}", ignore_errors=True)
             result["methods"][m] = res
@@ -493,7 +536,11 @@ def main() -> None:
         if not args.no_mergekit and len(args.methods) < 3:
             run_mergekit(tmp)
         if not args.no_naive:
-            res = run_measured([sys.executable, __file__, "_naive", str(data), str(n), f"{tmp}/nv"])
+            res = run_measured(
+                [sys.executable, __file__, "_naive", str(data), str(n), f"{tmp}/nv"],
+                inputs,
+                args.cache,
+            )
             shutil.rmtree(f"{tmp}/nv", ignore_errors=True)
             result["naive_inmemory_exact_svd_lors"] = res
             show("naive lors (exact SVD)", res)

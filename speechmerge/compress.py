@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from .prune import count_from_ratio, is_prunable, rank_from_ratio, svp_factors, topk_mask
-from .taskvector import SafetensorsReader, TensorSpec, atomic_save_streaming
+from .taskvector import SafetensorsReader, TensorSpec, all_finite, atomic_save_streaming
 
 __all__ = [
     "FORMAT",
@@ -163,7 +163,7 @@ def compress_lors(
             name, part = stored.rsplit(SEP, 1)
             if part == "us":
                 t = r.get_tensor(name)
-                if not torch.isfinite(t).all():
+                if not all_finite(t):
                     raise ValueError(f"tensor {name!r} has NaN/Inf values in {tv_path}")
                 cache.clear()
                 cache.update(

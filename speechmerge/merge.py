@@ -72,6 +72,7 @@ from .prune import (
 )
 from .taskvector import (
     SafetensorsReader,
+    all_finite,
     atomic_save_streaming,
     model_weights_path,
     open_task_vectors,
@@ -612,7 +613,7 @@ def normalize_params(
 
 
 def _check_finite(t: Tensor, name: str, source: str) -> None:
-    if t.is_floating_point() and not torch.isfinite(t).all():
+    if not all_finite(t):
         raise ValueError(f"tensor {name!r} has NaN/Inf values in {source}")
 
 
@@ -657,7 +658,7 @@ def merge_tensor(
     if merged.shape != base.shape:
         raise RuntimeError(f"method {m.name!r} changed the shape of {name!r}")
     merged = merged.to(base.dtype).contiguous()
-    if not torch.isfinite(merged).all():
+    if not all_finite(merged):
         raise ValueError(f"merged tensor {name!r} has NaN/Inf values (overflow in {base.dtype}?)")
     return merged
 

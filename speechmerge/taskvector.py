@@ -36,6 +36,7 @@ __all__ = [
     "WEIGHTS_NAME",
     "SafetensorsReader",
     "TensorSpec",
+    "all_finite",
     "atomic_save_file",
     "atomic_save_streaming",
     "compute_task_vector",
@@ -166,6 +167,18 @@ class SafetensorsReader:
                 raise ValueError(f"tensor {name!r}: unexpected end of file {self.path}")
             got += k
         return torch.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+def all_finite(t: Tensor) -> bool:
+    """Whether a tensor has no NaN/Inf (always True for non-float tensors).
+
+    Fast path: a finite sum proves it (a NaN or an Inf entry makes the sum NaN or Inf) with
+    one reduction, instead of ``isfinite``'s several passes and a bool tensor; only a
+    non-finite sum (a bad entry, or an overflowing sum of finite values) needs the full check.
+    """
+    if not t.is_floating_point() or bool(torch.isfinite(t.sum())):
+        return True
+    return bool(torch.isfinite(t).all())
 
 
 def atomic_save_streaming(
@@ -309,7 +322,7 @@ def compute_task_vector(
             b = fb.get_tensor(name)
             f = ff.get_tensor(name)
             for t, src in ((b, base_file), (f, ft_file)):
-                if not torch.isfinite(t).all():
+                if not all_finite(t):
                     raise ValueError(f"tensor {name!r} has NaN/Inf values in {src}")
             wd = task_vector_dtype(b.dtype)
             return f.to(wd) - b.to(wd)

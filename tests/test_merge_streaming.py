@@ -26,7 +26,7 @@ from speechmerge.prune import (
     topk_mask,
     topk_threshold,
 )
-from speechmerge.taskvector import SafetensorsReader
+from speechmerge.taskvector import SafetensorsReader, all_finite
 
 MAT = "model.encoder.layers.0.fc1.weight"
 VEC = "model.encoder.layers.0.fc1.bias"
@@ -197,3 +197,21 @@ def test_merge_models_holds_one_task_vector_at_a_time(
 def test_merge_tensor_loader_needs_sources() -> None:
     with pytest.raises(TypeError, match="tv_sources"):
         merge_tensor("x", torch.ones(2), lambda i: torch.ones(2), "ta", 1.0, [{}])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_all_finite_matches_isfinite(dtype: torch.dtype) -> None:
+    """The sum-based fast path never hides a NaN/Inf, and an overflowing sum of finite values
+    (fp32 3e38 + 3e38, fp16 60000 + 60000) is not reported as non-finite."""
+    big = torch.finfo(dtype).max * 0.9
+    cases = {
+        "ok": torch.randn(1000).to(dtype),
+        "nan": torch.randn(1000).to(dtype).index_fill_(0, torch.tensor([7]), float("nan")),
+        "inf": torch.randn(1000).to(dtype).index_fill_(0, torch.tensor([999]), float("inf")),
+        "-inf": torch.randn(1000).to(dtype).index_fill_(0, torch.tensor([0]), float("-inf")),
+        "inf-inf": torch.tensor([float("inf"), float("-inf")], dtype=dtype),
+        "overflowing sum": torch.full((4,), big, dtype=dtype),
+    }
+    for name, t in cases.items():
+        assert all_finite(t) == bool(torch.isfinite(t).all()), name
+    assert all_finite(torch.arange(5))  # non-float
