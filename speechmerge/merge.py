@@ -74,6 +74,7 @@ from .taskvector import (
     SafetensorsReader,
     all_finite,
     atomic_save_streaming,
+    keep_freed_memory,
     model_weights_path,
     open_task_vectors,
 )
@@ -757,6 +758,7 @@ def merge_models(
             raise ValueError(f"out_dir {out_dir} would overwrite the input {p}")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    keep_freed_memory()
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
         tv_meta: list[dict[str, str]] = []

@@ -124,12 +124,13 @@ def topk_selection(a: Tensor, k: int) -> tuple[float, int, int]:
         g = torch.Generator(device=a.device).manual_seed(_LOWRANK_SEED)
         s = _SELECT_SAMPLE
         sample = a[torch.randint(n, (s,), generator=g, device=a.device)]
-        sample = sample.sort(descending=True).values
-        pos = k / n * s  # expected sample rank of the k-th largest
+        pos = k / n * s  # expected sample rank (descending, 0-based) of the k-th largest
         margin = 6.0 * math.sqrt(max(pos * (1.0 - k / n), 1.0)) + 8.0
         i_hi, i_lo = int(pos - margin), int(pos + margin)
-        hi = float(sample[i_hi]) if i_hi >= 0 else None
-        lo = float(sample[i_lo]) if i_lo < s else None
+        # the i-th largest sample value (0-based) is the (s - i)-th smallest: two kthvalue
+        # calls instead of sorting the sample (~10x cheaper)
+        hi = float(torch.kthvalue(sample, s - i_hi).values) if i_hi >= 0 else None
+        lo = float(torch.kthvalue(sample, s - i_lo).values) if i_lo < s else None
         # counts with count_nonzero and comparisons with Python floats: several times faster
         # on CPU than bool .sum() and 0-d tensor operands
         above = int(torch.count_nonzero(a > hi)) if hi is not None else 0

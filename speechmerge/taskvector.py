@@ -18,6 +18,8 @@ I/O is streaming in both directions, so memory stays O(largest tensor), not O(mo
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import json
 import math
 import os
@@ -40,6 +42,7 @@ __all__ = [
     "atomic_save_file",
     "atomic_save_streaming",
     "compute_task_vector",
+    "keep_freed_memory",
     "model_weights_path",
     "open_task_vectors",
     "task_vector_dtype",
@@ -157,8 +160,10 @@ class SafetensorsReader:
             raise ValueError(f"tensor {name!r} in {self.path}: {nbytes} bytes for shape {shape}")
         if nbytes == 0:
             return torch.empty(shape, dtype=dtype)
-        buf = bytearray(nbytes)
-        view = memoryview(buf)
+        # read straight into an uninitialised tensor: a bytearray would be zero-filled first,
+        # which cost more than the read itself (from the page cache)
+        out = torch.empty(nbytes, dtype=torch.uint8)
+        view = memoryview(out.numpy())
         self._f.seek(self._start + a)
         got = 0
         while got < nbytes:
@@ -166,7 +171,31 @@ class SafetensorsReader:
             if not k:
                 raise ValueError(f"tensor {name!r}: unexpected end of file {self.path}")
             got += k
-        return torch.frombuffer(buf, dtype=dtype).reshape(shape)
+        return out.view(dtype).reshape(shape)
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed blocks for reuse (process-wide; once per process).
+
+    A streaming merge allocates and frees tensors of the same few sizes thousands of times.
+    By default glibc returns blocks above 128 KiB-32 MiB to the OS (``munmap``, or a heap
+    trim) on free, so every new tensor costs fresh pages: a page fault and a kernel zeroing
+    per 4 KiB, which was more than the reading and the arithmetic of Task Arithmetic
+    (measured: TA over ten whisper-small task vectors 2.4x faster, LoRS 1.3x, with this).
+    Here blocks up to 1 GiB come from the heap and the heap is trimmed only above 2 GiB of
+    free space: freed tensors are reused. Peak RSS is measured by ``benchmarks/merge_bench.py``.
+    Returns whether it was applied (glibc only; elsewhere a no-op).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+        ok = libc.mallopt(m_mmap_threshold, 1 << 30) == 1
+        return bool(libc.mallopt(m_trim_threshold, (1 << 31) - 1) == 1 and ok)
+    except (OSError, AttributeError):
+        return False
 
 
 def all_finite(t: Tensor) -> bool:
@@ -298,6 +327,7 @@ def compute_task_vector(
     """
     base_file = model_weights_path(base_dir)
     ft_file = model_weights_path(finetuned_dir)
+    keep_freed_memory()
     with SafetensorsReader(base_file) as fb, SafetensorsReader(ft_file) as ff:
         bkeys, fkeys = set(fb.keys()), set(ff.keys())
         if bkeys - fkeys:
