@@ -77,6 +77,7 @@ from .taskvector import (
     keep_freed_memory,
     model_weights_path,
     open_task_vectors,
+    release_free_memory,
 )
 
 __all__ = [
@@ -697,6 +698,10 @@ def merge_state_dicts(
     return out
 
 
+#: After merging a tensor this large (in fp32 bytes), free heap pages go back to the OS.
+_RELEASE_ABOVE_BYTES = 32 << 20
+
+
 def _is_weight_file(name: str) -> bool:
     return name.endswith(WEIGHT_FILE_SUFFIXES)
 
@@ -793,7 +798,13 @@ def merge_models(
                 def load(i: int) -> Tensor:
                     return tvs[i].get_tensor(name)  # one τ_i, read when the method asks
 
-                return merge_tensor(name, b, load, m, lam, plist, str(base_file), srcs)
+                large = b.numel() * 4 > _RELEASE_ABOVE_BYTES
+                if large:  # its temporaries need room the heap's small free blocks lack
+                    release_free_memory()  # see keep_freed_memory / release_free_memory
+                out = merge_tensor(name, b, load, m, lam, plist, str(base_file), srcs)
+                if large:
+                    release_free_memory()
+                return out
 
             specs = [(k, fb.dtype(k), fb.shape(k)) for k in base_keys]
             atomic_save_streaming(
