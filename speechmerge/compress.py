@@ -240,6 +240,14 @@ class CompressedTaskVector:
             return self._r.dtype(f"{name}{SEP}val")
         return self._r.dtype(name)
 
+    def prefetch(self, name: str) -> None:
+        """See :meth:`speechmerge.taskvector.SafetensorsReader.prefetch` (all stored parts)."""
+        if name not in self._compressed:
+            self._r.prefetch(name)
+            return
+        for part in _PARTS:
+            self._r.prefetch(f"{name}{SEP}{part}")
+
     def get_tensor(self, name: str) -> Tensor:
         if name not in self._compressed:
             return self._r.get_tensor(name)

@@ -45,6 +45,7 @@ to a merge (``seed``, ``common_fraction``) are read from ``params[0]``.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -782,7 +783,13 @@ def merge_models(
                 tv_meta.append(dict(h.metadata() or {}))
             srcs = [str(p) for p in tv_paths]
 
+            following = dict(itertools.pairwise(base_keys))
+
             def produce(name: str) -> Tensor:
+                nxt = following.get(name)
+                if nxt is not None:  # read the next tensor from disk while computing this one
+                    for h in (fb, *tvs):
+                        h.prefetch(nxt)
                 b = fb.get_tensor(name)
                 if not b.is_floating_point():
                     return b

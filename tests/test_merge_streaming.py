@@ -215,3 +215,13 @@ def test_all_finite_matches_isfinite(dtype: torch.dtype) -> None:
     for name, t in cases.items():
         assert all_finite(t) == bool(torch.isfinite(t).all()), name
     assert all_finite(torch.arange(5))  # non-float
+
+
+def test_prefetch_is_harmless(tmp_path: Path) -> None:
+    """prefetch (POSIX_FADV_WILLNEED) reads nothing into the process and ignores unknown names."""
+    t = {"a": torch.randn(64, 32), "b": torch.arange(5)}
+    save_file(t, tmp_path / "x.safetensors")
+    with SafetensorsReader(tmp_path / "x.safetensors") as r:
+        for name in ("a", "b", "missing"):
+            r.prefetch(name)
+        assert torch.equal(r.get_tensor("a"), t["a"]) and torch.equal(r.get_tensor("b"), t["b"])
