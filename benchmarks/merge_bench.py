@@ -164,12 +164,24 @@ def build_finetuned(data: Path, n: int) -> list[Path]:
 # ---------------------------------------------------------------- children
 
 
+def method_spec(spec: str) -> tuple[str, dict]:
+    """``"lors"`` or ``"lors:rank_ratio=0.01,keep_ratio=0.2"`` -> (method, its parameters):
+    the defaults of :data:`PARAMS` with the given values (floats) replaced."""
+    name, _, rest = spec.partition(":")
+    params = dict(PARAMS.get(name, {}))
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        params[key.strip()] = float(value)
+    return name, params
+
+
 def child_merge(method: str, data: Path, n: int, out: Path) -> None:
     from speechmerge.merge import merge_models
 
     tvs = [data / f"tv{i}.safetensors" for i in range(n)]
+    name, params = method_spec(method)
     t0 = time.time()
-    merge_models(data / "base", tvs, method, LAMBDA, PARAMS.get(method, {}), out, progress=False)
+    merge_models(data / "base", tvs, name, LAMBDA, params, out, progress=False)
     print(json.dumps({"merge_s": time.time() - t0}))
 
 
@@ -425,7 +437,9 @@ def main() -> None:
     # the methods the bars are about first, the slow SVD-of-everything ones last
     first = [m for m in ("ta", "lors", "ties", "wa", "mp", "svp", "dare", "cart") if m in METHODS]
     order = first + sorted(set(METHODS) - set(first))
-    ap.add_argument("--methods", nargs="*", default=order, choices=sorted(METHODS))
+    ap.add_argument("--methods", nargs="*", default=order, metavar="METHOD[:key=value,...]",
+                    help=f"registered methods ({', '.join(sorted(METHODS))}); a suffix "
+                    "overrides parameters, e.g. lors:rank_ratio=0.01")  # fmt: skip
     ap.add_argument("--update", action="store_true",
                     help="keep the other entries of an existing merge.json (re-run a part)")  # fmt: skip
     ap.add_argument("--no-naive", action="store_true", help="skip the naive exact-SVD LoRS")
@@ -440,6 +454,9 @@ def main() -> None:
                     help="torch threads in every merge process (OMP_NUM_THREADS; default: "
                     "torch's). 1 avoids OpenMP oversubscription on a machine that is busy")  # fmt: skip
     args = ap.parse_args()
+    for spec in args.methods:
+        if method_spec(spec)[0] not in METHODS:
+            ap.error(f"unknown method {spec!r}; known: {', '.join(sorted(METHODS))}")
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
         os.environ["MKL_NUM_THREADS"] = str(args.threads)
