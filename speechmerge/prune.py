@@ -291,8 +291,9 @@ def _randomized_svd(x: Tensor, r: int, b: int, depth: int) -> tuple[Tensor, Tens
       b-column block, versus ``2(niter + 1)`` products with a wider (usually 2r + 10) block for
       subspace iteration of the same polynomial degree.
 
-    The top-r eigenpairs of the small Gram matrix ``Zᵀ Z`` (formed in ``x``'s dtype, decomposed
-    in float64) give ``σ_i²`` and ``U_r = K W_r``, ``V_r = Z W_r / σ``. Tall matrices are
+    The top-r eigenpairs of the small Gram matrix ``Zᵀ Z`` (in ``x``'s dtype; for float32 input
+    redone in float64 when σ_r² is too close to float32's resolution, see below) give ``σ_i²``
+    and ``U_r = K W_r``, ``V_r = Z W_r / σ``. Tall matrices are
     transposed first, so the basis and its QRs live on the short side. Ω is Gaussian with a
     fixed seed (:func:`_omega`), so the result is deterministic. Returns ``(U_r, s_r, V_r)`` in
     ``x``'s dtype; columns of V_r with s = 0 are 0.

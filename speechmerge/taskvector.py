@@ -201,8 +201,10 @@ def release_free_memory() -> None:
 
     The counterpart of :func:`keep_freed_memory` for the few large tensors (the token
     embedding is 150 MB in whisper-small): after one of them, the blocks it freed would stay
-    in the heap, fragmented, and raise the peak RSS of methods with many temporaries (TIES:
-    2.2x instead of 1.5x one fp32 model, measured). Called after each tensor above 32 MiB.
+    in the heap, fragmented, and raise the peak RSS of methods with many temporaries (TIES on
+    ten whisper-small task vectors: 2.2x one fp32 model without this, 1.4-2.1x with it in
+    the runs of ``benchmarks/merge_bench.py``). The merge calls it before and after each
+    tensor above 32 MiB.
     """
     libc = _libc()
     if libc is not None:
@@ -217,8 +219,9 @@ def keep_freed_memory() -> bool:
     A streaming merge allocates and frees tensors of the same few sizes thousands of times.
     By default glibc returns blocks above 128 KiB-32 MiB to the OS (``munmap``, or a heap
     trim) on free, so every new tensor costs fresh pages: a page fault and a kernel zeroing
-    per 4 KiB, which was more than the reading and the arithmetic of Task Arithmetic
-    (measured: TA over ten whisper-small task vectors 2.4x faster, LoRS 1.3x, with this).
+    per 4 KiB, which cost more than the reading and the arithmetic of Task Arithmetic
+    (measured in one process on the embeddings and one encoder and one decoder layer of ten
+    whisper-small-shaped task vectors: TA 2.4x faster with this, LoRS 1.3x).
     Here blocks up to 1 GiB come from the heap and the heap is trimmed only above 2 GiB of
     free space: freed tensors are reused. Peak RSS is measured by ``benchmarks/merge_bench.py``.
     Returns whether it was applied (glibc only; elsewhere a no-op).
