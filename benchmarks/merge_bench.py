@@ -175,10 +175,15 @@ def method_spec(spec: str) -> tuple[str, dict]:
     return name, params
 
 
+def engine_inputs(data: Path, n: int) -> list[Path]:
+    """The files a merge of the n task vectors reads: the base weights, then tv0..tv{n-1}."""
+    return [data / "base" / "model.safetensors"] + [data / f"tv{i}.safetensors" for i in range(n)]
+
+
 def child_merge(method: str, data: Path, n: int, out: Path) -> None:
     from speechmerge.merge import merge_models
 
-    tvs = [data / f"tv{i}.safetensors" for i in range(n)]
+    tvs = engine_inputs(data, n)[1:]
     name, params = method_spec(method)
     t0 = time.time()
     merge_models(data / "base", tvs, name, LAMBDA, params, out, progress=False)
@@ -536,8 +541,7 @@ def main() -> None:
         res = run_measured([sys.executable, __file__, "_baseline"])
         result["process_baseline"] = res
         show("(imports only)", res)
-        inputs = [data / "base" / "model.safetensors"]
-        inputs += [data / f"tv{i}.safetensors" for i in range(n)]
+        inputs = engine_inputs(data, n)
         for i, m in enumerate(args.methods):
             res = run_measured(
                 [sys.executable, __file__, "_merge", m, str(data), str(n), f"{tmp}/{m}"],

@@ -699,7 +699,8 @@ def merge_state_dicts(
     return out
 
 
-#: After merging a tensor this large (in fp32 bytes), free heap pages go back to the OS.
+#: Around merging a tensor this large (in fp32 bytes; before and after), free heap pages go
+#: back to the OS (see :func:`speechmerge.taskvector.release_free_memory`).
 _RELEASE_ABOVE_BYTES = 32 << 20
 
 

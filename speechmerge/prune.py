@@ -302,14 +302,14 @@ def _randomized_svd(x: Tensor, r: int, b: int, depth: int) -> tuple[Tensor, Tens
         u, s, v = _randomized_svd(x.T, r, b, depth)
         return v, s, u
     d, k = x.shape
-    width = b * (depth + 1)
-    basis = torch.empty(d, width, dtype=x.dtype, device=x.device)
-    z = torch.empty(k, width, dtype=x.dtype, device=x.device)
     y = x @ _omega(k, b, x.dtype, x.device)
     if not bool(y.any()):  # x = 0 (with probability 1): SVP(0) = 0
         zeros = torch.zeros(r, dtype=x.dtype, device=x.device)
         u = torch.zeros(d, r, dtype=x.dtype, device=x.device)
         return u, zeros, torch.zeros(k, r, dtype=x.dtype, device=x.device)
+    width = b * (depth + 1)
+    basis = torch.empty(d, width, dtype=x.dtype, device=x.device)
+    z = torch.empty(k, width, dtype=x.dtype, device=x.device)
     basis[:, :b] = torch.linalg.qr(y).Q
     for j in range(depth + 1):
         zj = x.T @ basis[:, j * b : (j + 1) * b]
