@@ -6,6 +6,7 @@ import numpy as np
 
 from .corpus import load_audio, read_tsv
 from .model import TASK_NAMES
+from .progress import Progress
 from .train import extract_features
 
 
@@ -26,6 +27,7 @@ def transcribe(
 
     model.to(device).eval()
     out: list[str] = []
+    bar = Progress(len(audios), f"decode {lang}-{task}", unit="utt")
     for i in range(0, len(audios), batch_size):
         feats = torch.from_numpy(extract_features(processor, audios[i : i + batch_size])).to(device)
         with torch.inference_mode():
@@ -38,6 +40,8 @@ def transcribe(
                 max_new_tokens=max_new_tokens,
             )
         out.extend(t.strip() for t in processor.batch_decode(ids, skip_special_tokens=True))
+        bar.update(len(feats))
+    bar.close()
     return out
 
 

@@ -1,5 +1,7 @@
 """Logging for workflow jobs: everything a job prints (logging, tqdm bars, warnings) goes to
-its Snakemake log file, with a timing line at the end saying where the time went."""
+its Snakemake log file, with a closing line giving the job's wall time and the throughput of
+its long loops (training steps and utterances per second, decoded utterances per second;
+:mod:`speechmerge.progress`)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import contextlib
 import logging
 import sys
 import time
+
+from . import progress
 
 
 @contextlib.contextmanager
@@ -25,13 +29,17 @@ def job_log(path: str | None, threads: int | None = None):
 
         torch.set_num_threads(int(threads))
     t0 = time.time()
+    progress.start_job()
+    job = logging.getLogger("speechmerge.job")
     try:
-        yield logging.getLogger("speechmerge.job")
+        yield job
     except BaseException:
-        logging.getLogger("speechmerge.job").exception("job failed after %.1fs", time.time() - t0)
+        loops = progress.end_job()
+        job.exception("job failed after %.1fs%s", time.time() - t0, f" ({loops})" if loops else "")
         raise
     else:
-        logging.getLogger("speechmerge.job").info("job done in %.1fs", time.time() - t0)
+        loops = progress.end_job()
+        job.info("job done in %.1fs wall time%s", time.time() - t0, f"; {loops}" if loops else "")
     finally:
         root.removeHandler(handler)
         sys.stderr = old_stderr

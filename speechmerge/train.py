@@ -19,6 +19,7 @@ import numpy as np
 
 from .corpus import load_audio, read_tsv
 from .model import EOT, NO_TIMESTAMPS, SOT, TASK_TOKENS, autocast_dtype, lang_token
+from .progress import Progress, track
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,12 @@ def extract_features(processor, audios: list[np.ndarray], batch_size: int = 64) 
 def load_examples(processor, sources, progress: bool = True) -> list[Example]:
     """`sources`: iterable of (tsv_path, lang, tasks). Audio is read and featurised once per
     utterance and shared by its tasks."""
-    from tqdm import tqdm
-
     examples = []
     for tsv, lang, tasks in sources:
         rows = read_tsv(tsv)
-        audios = [load_audio(tsv, r) for r in tqdm(rows, desc=f"load {tsv}", disable=not progress)]
+        audios = [
+            load_audio(tsv, r) for r in track(rows, f"load {tsv}", unit="utt", enabled=progress)
+        ]
         feats = extract_features(processor, audios)
         for row, f in zip(rows, feats):
             for task in tasks:
@@ -159,7 +160,6 @@ def train(
     rounding). Larger micro-batches are faster on a CPU; smaller ones fit a smaller GPU.
     Returns a summary (steps, final loss, seconds)."""
     import torch
-    from tqdm import tqdm
 
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -198,7 +198,7 @@ def train(
     t0 = time.time()
     ema = ema_ctc = None
     decay = 0.98**grad_accum  # the smoothing of a per-batch EMA with decay 0.98
-    bar = tqdm(total=total, desc="train", disable=not progress, mininterval=5)
+    bar = Progress(total, "train", unit="step", items="utt", enabled=progress)
     for step in range(total):
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
@@ -243,8 +243,7 @@ def train(
         else:
             opt.step()
         opt.zero_grad(set_to_none=True)
-        bar.update(1)
-        bar.set_postfix(loss=f"{ema:.3f}")
+        bar.update(1, items=sum(map(len, batches)), loss=ema)
         if step % max(1, total // 20) == 0 or step == total - 1:
             log.info(
                 "step %d/%d loss %.4f%s lr %.2e (%.0fs)",
@@ -255,13 +254,15 @@ def train(
                 lr_at(step),
                 time.time() - t0,
             )
-    bar.close()
+    rates = bar.close()
     model.eval()
     return {
         "steps": total,
         "loss": ema,
         "seconds": round(time.time() - t0, 1),
         "examples": len(examples),
+        "steps_per_s": rates["steps_per_s"],
+        "utterances_per_s": rates["utterances_per_s"],
     }
 
 
