@@ -132,8 +132,8 @@ def synthesize_language(lang: str, out_dir: str | Path, cfg: dict, seed: int, pr
     renamed into place.
     """
     import soundfile as sf
-    from tqdm import tqdm
 
+    from .progress import track
     from .synth import speak
 
     with atomic_dir(out_dir) as tmp:
@@ -145,7 +145,7 @@ def synthesize_language(lang: str, out_dir: str | Path, cfg: dict, seed: int, pr
             (tmp / "clips" / split).mkdir(parents=True)
             rows = []
             for i, seq in enumerate(
-                tqdm(texts, desc=f"synth {lang}/{split}", disable=not progress, mininterval=2)
+                track(texts, f"synth {lang}/{split}", unit="utt", enabled=progress)
             ):
                 variant = domain["variants"][rng.integers(len(domain["variants"]))]
                 rate = int(rng.integers(domain["rate"][0], domain["rate"][1] + 1))

@@ -231,7 +231,8 @@ def write_split(
     """Decode, resample and write one split's clips + TSV under `out_dir`; stop once
     ``max_hours_per_split`` of audio are written. Returns a summary."""
     import soundfile as sf
-    from tqdm import tqdm
+
+    from .progress import Progress
 
     ours = SPLITS[split]
     cap = cfg["max_hours_per_split"]
@@ -240,12 +241,12 @@ def write_split(
     rows: list[Utterance] = []
     seen: set[str] = set()
     total, skipped = 0.0, {"empty_text": 0, "too_long": 0}
-    bar = tqdm(
-        total=round(cap_s) if cap_s else None,
+    bar = Progress(
+        round(cap_s) if cap_s else None,
+        f"covost2 {lang}/{ours}",
         unit="s",
-        desc=f"covost2 {lang}/{ours}",
-        disable=not progress,
-        mininterval=5,
+        items="utt",
+        enabled=progress,
     )
     for i, ex in enumerate(examples):
         sentence, translation = _text(ex.get("sentence")), _text(ex.get("translation"))
@@ -265,7 +266,7 @@ def write_split(
         sf.write(out_dir / rel, audio, SR, subtype="PCM_16")
         rows.append(Utterance(uid, rel, round(seconds, 3), sentence, translation))
         total += seconds
-        bar.update(round(seconds))
+        bar.update(round(seconds), items=1)
         if cap_s is not None and total >= cap_s:
             break
     bar.close()

@@ -27,7 +27,7 @@ INTERVAL = 30.0
 # job_log; None outside a job.
 _job_loops: list[tuple[str, str, int, str | None, int, float]] | None = None
 
-PLURAL = {"step": "steps", "utt": "utterances", "tensor": "tensors"}
+PLURAL = {"step": "steps", "utt": "utterances", "tensor": "tensors", "s": "audio seconds"}
 
 
 def _plural(unit: str) -> str:
