@@ -208,13 +208,22 @@ def test_build_is_seeded(tok):
 
 
 @pytest.mark.parametrize("task", ["st", "asr"])
-def test_transcribe(saved, task):
+def test_transcribe(saved, task, caplog):
     _, _, out = saved
     model, processor = load_pretrained(str(out))
+    caplog.set_level("INFO", logger="speechmerge.progress")
     hyps = transcribe(
-        model, processor, [np.zeros(8000, np.float32)], "de", task, beam_size=2, max_new_tokens=4
+        model,
+        processor,
+        [np.zeros(8000, np.float32)] * 3,
+        "de",
+        task,
+        beam_size=2,
+        max_new_tokens=4,
     )
-    assert isinstance(hyps, list) and len(hyps) == 1 and isinstance(hyps[0], str)
+    assert isinstance(hyps, list) and len(hyps) == 3 and isinstance(hyps[0], str)
+    # decoding reports its throughput (speechmerge.progress)
+    assert f"decode de-{task} done: 3 utterances in" in caplog.text
 
 
 def test_generate_forces_language_and_task(saved, tok):
