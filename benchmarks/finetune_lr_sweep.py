@@ -1,20 +1,22 @@
 """Choose fine-tuning learning rates on dev (not a test): fine-tune one (language, task) of a
 finished run at each learning rate and score it on the language's dev subset.
 
-    .venv/bin/python benchmarks/finetune_lr_sweep.py RESULTS_DIR LANG TASK LR [LR ...]
+    .venv/bin/python benchmarks/finetune_lr_sweep.py RESULTS_DIR LANG TASK LR [LR ...] \
+        [--config config.yaml]
 
 Uses the run's base model and subsets (`RESULTS_DIR/models/base`, `RESULTS_DIR/subsets/`),
-the default preset's fine-tuning recipe (batch 8, accumulation 4, 10 epochs) and beam 4.
-Prints the base's dev score and one line per learning rate; models go to /tmp/lr-sweep.
+the fine-tuning recipe (batch, accumulation, epochs) and decoding settings of `--config`
+(default: the default preset). Prints the base's dev score and one line per learning rate;
+models go to /tmp/lr-sweep.
 """
 
 import argparse
 from pathlib import Path
 
+import yaml
+
 from speechmerge.decode import score_model
 from speechmerge.train import finetune
-
-DECODE = {"beam_size": 4, "batch_size": 32, "max_new_tokens": 40}
 
 
 def main() -> None:
@@ -25,13 +27,17 @@ def main() -> None:
     ap.add_argument("lrs", type=float, nargs="+")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--out", type=Path, default=Path("/tmp/lr-sweep"))
+    ap.add_argument("--config", type=Path, default=Path("config.yaml"))
     a = ap.parse_args()
+    cfg = yaml.safe_load(a.config.read_text())
+    decode = cfg["decode"]
+    recipe = {k: cfg["finetune"][k] for k in ("batch_size", "grad_accum", "epochs")}
     base, dev = a.results / "models/base", a.results / f"subsets/{a.lang}/dev.tsv"
     job = (a.lang, a.task, str(dev), str(a.out / f"base-{a.lang}-{a.task}.json"))
-    print(f"base dev {a.lang}-{a.task}: {score_model(base, [job], DECODE)[0]['score']:.2f}")
+    print(f"base dev {a.lang}-{a.task}: {score_model(base, [job], decode)[0]['score']:.2f}")
     for lr in a.lrs:
         out = a.out / f"{a.lang}-{a.task}-{lr:g}"
-        hp = {"lr": lr, "batch_size": 8, "grad_accum": 4, "epochs": 10}
+        hp = {"lr": lr, **recipe}
         finetune(
             base,
             a.results / f"subsets/{a.lang}/train.tsv",
@@ -43,7 +49,7 @@ def main() -> None:
         )
         job = (a.lang, a.task, str(dev), str(out / "dev.json"))
         print(
-            f"lr {lr:g} dev {a.lang}-{a.task}: {score_model(out / 'model', [job], DECODE)[0]['score']:.2f}"
+            f"lr {lr:g} dev {a.lang}-{a.task}: {score_model(out / 'model', [job], decode)[0]['score']:.2f}"
         )
 
 

@@ -46,6 +46,7 @@ def finetune_hparams(config: dict, lang: str, task: str) -> dict:
         "gradient_checkpointing": ft.get("gradient_checkpointing", False),
         # only when set, so that configs without it keep their fine-tunes' params
         **({"micro_batch_size": ft["micro_batch_size"]} if ft.get("micro_batch_size") else {}),
+        **({"train_encoder": False} if ft.get("train_encoder") is False else {}),
     }
 
 

@@ -180,6 +180,7 @@ def train_joint(
         seed=seed,
         device=device,
         grad_checkpointing=hp.get("gradient_checkpointing", False),
+        train_encoder=hp.get("train_encoder", True),
     )
     model.to("cpu")
     save_model_dir(model, processor, out_dir)

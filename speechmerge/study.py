@@ -232,6 +232,11 @@ def hparam_tables(
         rows["Finetuned: learning rate"] = {
             lang: smcfg.finetune_hparams(config, lang, task)["lr"] for lang in langs
         }
+        # 1 = full fine-tuning (the paper), 0 = encoder frozen (decoder-only task vectors)
+        rows["Finetuned: encoder trained (1 = full fine-tuning)"] = {
+            lang: float(smcfg.finetune_hparams(config, lang, task).get("train_encoder", True))
+            for lang in langs
+        }
         joint = config.get("joint") or {}  # joint training (speechmerge.joint), if configured
         if setting in joint.get("settings", []) and "lr" in joint:
             lr = joint["lr"].get(setting, joint["lr"].get("default"))

@@ -141,6 +141,7 @@ def train(
     seed: int = 0,
     device: str = "cpu",
     grad_checkpointing: bool = False,
+    train_encoder: bool = True,
     ctc_weight: float = 0.0,
     progress: bool = True,
 ) -> dict:
@@ -169,7 +170,11 @@ def train(
     if grad_checkpointing:
         model.gradient_checkpointing_enable()
     pad_id = processor.tokenizer.convert_tokens_to_ids(EOT)
-    params = list(model.parameters())
+    # train_encoder False: the encoder is frozen (no gradients, no optimiser state), a CPU
+    # budget option; its task vector is then zero on every encoder tensor.
+    for p in model.model.encoder.parameters():
+        p.requires_grad_(train_encoder)
+    params = [p for p in model.parameters() if p.requires_grad]
     ctc_head = None
     if ctc_weight > 0:
         vocab = model.config.vocab_size
@@ -339,6 +344,7 @@ def finetune(base_dir, train_tsv, lang: str, task: str, hp: dict, out_dir, seed:
         device=device,
         micro_batch_size=hp.get("micro_batch_size"),
         grad_checkpointing=hp.get("gradient_checkpointing", False),
+        train_encoder=hp.get("train_encoder", True),
     )
     model.to("cpu")
     save_model_dir(model, processor, out_dir)

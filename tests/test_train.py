@@ -95,3 +95,15 @@ def test_step_loss_is_the_mean_of_the_batches_hugging_face_losses(tiny_model):
             losses.append(m(input_features=feats, decoder_input_ids=dec, labels=lab).loss.item())
     _, summary = _trained(tiny_model, batch_size=batch, grad_accum=accum, max_steps=1)
     assert summary["loss"] == pytest.approx(sum(losses) / accum, rel=1e-5)
+
+
+def test_frozen_encoder_trains_only_the_decoder(tiny_model):
+    """finetune.train_encoder: false leaves every encoder tensor bitwise unchanged (its task
+    vector is zero there) and still trains the decoder."""
+    delta, _ = _trained(tiny_model, batch_size=4, max_steps=2, train_encoder=False)
+    enc = {k: v for k, v in delta.items() if k.startswith("model.encoder.")}
+    dec = {k: v for k, v in delta.items() if k.startswith("model.decoder.layers.")}
+    assert enc and all(torch.count_nonzero(v) == 0 for v in enc.values())
+    assert max(v.abs().max().item() for v in dec.values()) > 0
+    full, _ = _trained(tiny_model, batch_size=4, max_steps=2)
+    assert any(torch.count_nonzero(full[k]) for k in enc)
