@@ -92,7 +92,7 @@ def score_model(
             "test_set": str(tsv),
             "utterances": len(rows),
             "beam_size": decode_cfg["beam_size"],
-            **score(task, refs, hyps),
+            **score(task, refs, hyps, key=f"{lang}-{task}"),
             "seconds": round(time.time() - t0, 2),
         }
         out_json = Path(out_json)
