@@ -193,43 +193,56 @@ def _interval(point: np.ndarray, samples: np.ndarray, level: float) -> tuple[flo
     return float(min(lo, point)), float(max(hi, point))
 
 
-def _averaged(
-    metric: str,
-    systems: Sequence[Mapping[str, np.ndarray]],
-    resamples: int,
-    seed: int,
-) -> tuple[list[float], list[np.ndarray]]:
-    """For each system ({test set key: utterance stats}, all with the same keys and sizes):
-    the full-set score averaged over test sets and its (resamples,) bootstrap replicates."""
-    keys = list(systems[0])
-    if not keys:
+#: Test sets of a system: one set's stats, {test set key: stats}, or (key, stats) pairs (a key
+#: may repeat: Figure 3 averages the same test set over several language combinations).
+TestSets = np.ndarray | Mapping[str, np.ndarray] | Sequence[tuple[str, np.ndarray]]
+
+
+def _items(stats: TestSets) -> list[tuple[str, np.ndarray]]:
+    if isinstance(stats, np.ndarray):
+        return [("", stats)]
+    items = list(stats.items()) if isinstance(stats, Mapping) else list(stats)
+    if not items:
         raise ValueError("no test sets")
+    return [(k, np.asarray(v, dtype=np.float64)) for k, v in items]
+
+
+def _averaged(
+    metric: str, systems: Sequence[TestSets], resamples: int, seed: int
+) -> tuple[list[float], list[np.ndarray]]:
+    """For each system (the same test sets in the same order): the full-set corpus score
+    averaged over its test sets, and its (resamples,) bootstrap replicates."""
+    items = [_items(s) for s in systems]
+    first = [(k, len(v)) for k, v in items[0]]
+    for other in items[1:]:
+        if [(k, len(v)) for k, v in other] != first:
+            raise ValueError(
+                f"systems differ in test sets or utterances: {first} vs {[(k, len(v)) for k, v in other]}"
+            )
     points = [0.0] * len(systems)
     reps = [np.zeros(resamples) for _ in systems]
-    for key in keys:
-        sizes = {len(s[key]) for s in systems}
-        if len(sizes) != 1 or any(set(s) != set(keys) for s in systems):
-            raise ValueError(f"test set {key!r}: systems differ in test sets or utterances")
-        counts = resample_counts(sizes.pop(), key, resamples, seed)
-        for i, s in enumerate(systems):
-            stats = np.asarray(s[key], dtype=np.float64)
-            points[i] += float(corpus_score(metric, stats.sum(axis=0))) / len(keys)
-            reps[i] += corpus_score(metric, counts @ stats) / len(keys)
+    counts: dict[tuple[str, int], np.ndarray] = {}
+    for j, (key, n) in enumerate(first):
+        if (key, n) not in counts:
+            counts[key, n] = resample_counts(n, key, resamples, seed)
+        for i, its in enumerate(items):
+            stats = its[j][1]
+            points[i] += float(corpus_score(metric, stats.sum(axis=0))) / len(first)
+            reps[i] += corpus_score(metric, counts[key, n] @ stats) / len(first)
     return points, reps
 
 
 def bootstrap(
     metric: str,
-    stats: Mapping[str, np.ndarray] | np.ndarray,
+    stats: TestSets,
     resamples: int = RESAMPLES,
     seed: int = SEED,
     level: float = LEVEL,
 ) -> dict:
     """{'score', 'ci_low', 'ci_high'}: a system's corpus score and its percentile CI. `stats`:
-    one test set's :func:`utterance_stats`, or {test set key: stats} to average the corpus
-    scores over test sets (each resampled within itself, as the tables' Avg. columns)."""
-    if not isinstance(stats, Mapping):
-        stats = {"": stats}
+    one test set's :func:`utterance_stats`, or {test set key: stats} (or (key, stats) pairs)
+    to average the corpus scores over test sets, each resampled within itself (the tables'
+    Avg. columns)."""
     (point,), (reps,) = _averaged(metric, [stats], resamples, seed)
     low, high = _interval(point, reps, level)
     return {"score": point, "ci_low": low, "ci_high": high}
@@ -237,8 +250,8 @@ def bootstrap(
 
 def compare(
     metric: str,
-    stats_a: Mapping[str, np.ndarray] | np.ndarray,
-    stats_b: Mapping[str, np.ndarray] | np.ndarray,
+    stats_a: TestSets,
+    stats_b: TestSets,
     resamples: int = RESAMPLES,
     seed: int = SEED,
     level: float = LEVEL,
@@ -247,8 +260,6 @@ def compare(
     {'delta', 'ci_low', 'ci_high', 'p_value', 'verdict'}. The verdict is A's, from the CI:
     'better' or 'worse' (lower WER, higher BLEU is better) when the CI excludes 0, else
     'no significant difference'."""
-    if not isinstance(stats_a, Mapping):
-        stats_a, stats_b = {"": stats_a}, {"": stats_b}
     (pa, pb), (ra, rb) = _averaged(metric, [stats_a, stats_b], resamples, seed)
     delta, deltas = pa - pb, ra - rb
     low, high = _interval(delta, deltas, level)
