@@ -14,7 +14,7 @@ bootstrap over test utterances (Koehn 2004). Each system's test set is reduced o
 per-utterance sufficient statistics (:func:`utterance_stats`: word edits and reference words
 for WER; sacrebleu's hypothesis/reference lengths and matching/total n-gram counts for BLEU),
 so a resampled corpus score is a sum of rows and the corpus formula, never a re-scoring.
-Resamples are drawn as multinomial counts per utterance from a seed and the test set's key
+Resamples are drawn as counts per utterance from a seed and the test set's key
 (:func:`resample_counts`), so every system scored on the same test set sees the same
 resamples: CIs of differences and of averages over test sets are paired. The 95 % interval
 is the percentile interval of the resampled scores, widened (conservatively) to contain the
@@ -29,6 +29,7 @@ import re
 import unicodedata
 import zlib
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 
 import numpy as np
 
@@ -174,17 +175,22 @@ def corpus_score(metric: str, summed: np.ndarray) -> np.ndarray:
     return np.where(correct.sum(axis=-1) > 0, score, 0.0)
 
 
+@lru_cache(maxsize=64)
 def resample_counts(
     n: int, key: str = "", resamples: int = RESAMPLES, seed: int = SEED
 ) -> np.ndarray:
-    """(resamples, n) multinomial counts: how often each of the n utterances is drawn in each
-    bootstrap resample (n draws with replacement). The same (n, key, resamples, seed) always
-    gives the same counts, so systems scored on the same test set (`key`, e.g. ``ca-asr``) are
-    resampled identically — the pairing."""
+    """(resamples, n) counts: how often each of the n utterances is drawn in each bootstrap
+    resample (n draws with replacement). The same (n, key, resamples, seed) always gives the
+    same counts, so systems scored on the same test set (`key`, e.g. ``ca-asr``) are
+    resampled identically — the pairing. Cached and read-only."""
     if n < 1:
         raise ValueError("no utterances to resample")
     rng = np.random.default_rng([seed, zlib.crc32(key.encode()), n])
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples)
+    draws = rng.integers(0, n, size=(resamples, n)) + n * np.arange(resamples)[:, None]
+    counts = np.bincount(draws.ravel(), minlength=resamples * n).reshape(resamples, n)
+    counts = counts.astype(np.float64)  # the matrix products with the statistics are float
+    counts.flags.writeable = False
+    return counts
 
 
 def _interval(point: np.ndarray, samples: np.ndarray, level: float) -> tuple[float, float]:
@@ -221,14 +227,12 @@ def _averaged(
             )
     points = [0.0] * len(systems)
     reps = [np.zeros(resamples) for _ in systems]
-    counts: dict[tuple[str, int], np.ndarray] = {}
     for j, (key, n) in enumerate(first):
-        if (key, n) not in counts:
-            counts[key, n] = resample_counts(n, key, resamples, seed)
+        counts = resample_counts(n, key, resamples, seed)
         for i, its in enumerate(items):
             stats = its[j][1]
             points[i] += float(corpus_score(metric, stats.sum(axis=0))) / len(first)
-            reps[i] += corpus_score(metric, counts[key, n] @ stats) / len(first)
+            reps[i] += corpus_score(metric, counts @ stats) / len(first)
     return points, reps
 
 

@@ -160,7 +160,7 @@ def test_wer_stats_count_edits_per_utterance():
     assert stats.tolist() == [[3, 3], [2, 2], [0, 0]]
 
 
-def test_resample_counts_are_seeded_multinomials():
+def test_resample_counts_are_seeded_draws_with_replacement():
     c = resample_counts(50, "ca-asr", 200, seed=3)
     assert c.shape == (200, 50) and (c.sum(axis=1) == 50).all()
     assert (c == resample_counts(50, "ca-asr", 200, seed=3)).all()

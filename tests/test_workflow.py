@@ -235,7 +235,7 @@ def test_lowres_tables_7_to_10(lowres_run):
         assert df.map(lambda x: isinstance(x, float) and math.isfinite(x)).all().all(), n
         assert f"Table {n}" in (workdir / f"results/tables/table{n}.md").read_text()
     t7 = pd.read_csv(workdir / "results/tables/table7.csv", index_col=0)
-    assert list(t7.columns) == ["nl", "pt", "Avg."]
+    assert list(t7.columns) == ["nl", "pt", "Avg.", "Avg. CI low", "Avg. CI high"]
     t9 = pd.read_csv(workdir / "results/tables/table9.csv", index_col=0)
     assert "WER nl" in t9.columns and "BLEU Avg." in t9.columns
 
