@@ -87,4 +87,6 @@ def final_targets():
     tables = expand(
         f"{R}/tables/{{name}}.{{ext}}", name=table_names(), ext=["csv", "md"]
     )
+    if SETTINGS:  # paired-bootstrap CIs of the comparisons (rules/report.smk)
+        tables += [f"{R}/tables/significance.csv", f"{R}/tables/significance.md"]
     return tables + study_targets()  # rules/study.smk

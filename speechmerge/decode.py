@@ -61,13 +61,12 @@ def score_model(
     BLEU, BLEU's signature), and a TSV twin ``*.hyp.tsv`` holds id, reference and hypothesis.
     Files are written atomically.
     """
-    import csv
-    import io
     import json
     import time
     from pathlib import Path
 
     from .atomic import atomic_write_text
+    from .hypotheses import write_hypotheses
     from .metrics import score
     from .model import load_pretrained
     from .train import FIELD
@@ -96,15 +95,11 @@ def score_model(
             "test_set": str(tsv),
             "utterances": len(rows),
             "beam_size": decode_cfg["beam_size"],
-            **score(task, refs, hyps),
+            **score(task, refs, hyps, key=f"{lang}-{task}"),
             "seconds": round(time.time() - t0, 2),
         }
         out_json = Path(out_json)
-        table = io.StringIO()
-        w = csv.writer(table, delimiter="\t", lineterminator="\n")
-        w.writerow(["id", "reference", "hypothesis"])
-        w.writerows([r.id, ref, hyp] for r, ref, hyp in zip(rows, refs, hyps))
-        atomic_write_text(out_json.with_suffix(".hyp.tsv"), table.getvalue())
+        write_hypotheses(out_json, [r.id for r in rows], refs, hyps)
         atomic_write_text(out_json, json.dumps(result, indent=2, ensure_ascii=False) + "\n")
         results.append(result)
     return results

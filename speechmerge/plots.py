@@ -3,6 +3,11 @@ to each PNG so the plotted numbers can be read and tested).
 
 Score files are those of :func:`speechmerge.decode.score_model`: one JSON per (language, task)
 named ``{lang}-{task}.json`` in a system's score folder.
+
+Every plotted test-set score has its 95 % paired-bootstrap CI (columns ``ci_low``, ``ci_high``
+of the CSV; a band around each line): over the test utterances of every score file averaged
+into the point (:func:`speechmerge.report.average_ci`), or, for Figure 5, of the sweep
+points' per-utterance statistics. Without hypotheses to resample the CI columns are empty.
 """
 
 from __future__ import annotations
@@ -12,10 +17,11 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .atomic import atomic_write_text
-from .report import METHOD_NAMES, read_score
+from .report import METHOD_NAMES, average_ci, read_score
 
 METRIC = {"asr": "WER (%) ↓", "st": "BLEU ↑"}
 TASK_NAME = {"asr": "ASR", "st": "ST (X→en)"}
@@ -33,6 +39,12 @@ def _dir_score(folder: str | Path, lang: str, task: str) -> float:
     return read_score(Path(folder) / f"{lang}-{task}.json")
 
 
+def _point(cells: Sequence[float]) -> dict:
+    """{'score': mean of the cells, 'ci_low', 'ci_high': its CI (NaN without hypotheses)}."""
+    ci = average_ci(cells) or (float("nan"), float("nan"))
+    return {"score": _mean(cells), "ci_low": ci[0], "ci_high": ci[1]}
+
+
 def num_languages_data(
     settings: Mapping[str, dict],
     finetuned_dir: str | Path,
@@ -46,22 +58,31 @@ def num_languages_data(
     `merged_dirs`: {"setting/method": score folder}. The Finetuned line averages each
     combination's fine-tuned models (a combination's languages, each fine-tuned alone).
     """
-    groups: dict[tuple[str, int, str], list[float]] = {}
+    # every combination has k languages: the mean over combinations of their means is the
+    # mean over all (combination, language) cells, whose CI resamples each test set once
+    groups: dict[tuple[str, int, str], list[list[float]]] = {}
     for name, st in settings.items():
         pairs = [tuple(p) for p in st["pairs"]]
         task, k = pairs[0][1], len(pairs)
-        ft = _mean([_dir_score(finetuned_dir, lang, t) for lang, t in pairs])
+        ft = [_dir_score(finetuned_dir, lang, t) for lang, t in pairs]
         groups.setdefault((task, k, FINETUNED), []).append(ft)
         for m in methods:
             folder = merged_dirs[f"{name}/{m}"]
             groups.setdefault((task, k, METHOD_NAMES[m]), []).append(
-                _mean([_dir_score(folder, lang, t) for lang, t in pairs])
+                [_dir_score(folder, lang, t) for lang, t in pairs]
             )
     rows = [
-        {"task": t, "languages": k, "system": s, "score": _mean(v), "combinations": len(v)}
+        {
+            "task": t,
+            "languages": k,
+            "system": s,
+            **_point([c for cells in v for c in cells]),
+            "combinations": len(v),
+        }
         for (t, k, s), v in sorted(groups.items())
     ]
-    return pd.DataFrame(rows, columns=["task", "languages", "system", "score", "combinations"])
+    columns = ["task", "languages", "system", "score", "ci_low", "ci_high", "combinations"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def data_scale_data(
@@ -93,23 +114,27 @@ def data_scale_data(
             for m in methods:
                 systems[METHOD_NAMES[m]] = merged_dirs[f"{s}/{task}/{m}"]
             for system, folder in systems.items():
-                score = _mean([_dir_score(folder, lang, task) for lang in langs])
+                point = _point([_dir_score(folder, lang, task) for lang in langs])
                 rows.append(
                     {
                         "task": task,
                         "scale": float(scale),
                         "hours": mean_hours * float(scale),
                         "system": system,
-                        "score": score,
+                        **point,
                     }
                 )
-    return pd.DataFrame(rows, columns=["task", "scale", "hours", "system", "score"])
+    columns = ["task", "scale", "hours", "system", "score", "ci_low", "ci_high"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def retain_data(sweeps: Sequence[str | Path]) -> pd.DataFrame:
     """Figure 5's points from prune-sweep JSONs (each ``{"sweeps": [...]}`` of
     :func:`speechmerge.study.prune_sweep` results): one row per (pruning, data scale, retain
-    ratio), WER averaged over languages."""
+    ratio), WER averaged over languages, with the CI of that average from the points'
+    per-utterance statistics (NaN for sweeps written without them)."""
+    from .metrics import bootstrap
+
     recs = []
     datas = [d for path in sweeps for d in json.loads(Path(path).read_text())["sweeps"]]
     for data in datas:
@@ -122,14 +147,25 @@ def retain_data(sweeps: Sequence[str | Path]) -> pd.DataFrame:
                     "lang": data["lang"],
                     "retain": float(p["retain"]),
                     "score": float(p["score"]),
+                    "stats": (f"{data['lang']}-{data['task']}", p.get("stats")),
                 }
             )
     if not recs:
         raise ValueError("no prune sweeps")
     df = pd.DataFrame(recs)
-    out = df.groupby(["prune", "scale", "retain"], as_index=False).agg(
+    keys = ["prune", "scale", "retain"]
+    out = df.groupby(keys, as_index=False).agg(
         hours=("hours", "mean"), score=("score", "mean"), languages=("lang", "nunique")
     )
+    cis = []
+    for _, g in df.groupby(keys):
+        items = list(g["stats"])
+        if any(stats is None for _, stats in items):
+            cis.append((float("nan"), float("nan")))
+            continue
+        ci = bootstrap("wer", [(k, np.asarray(v)) for k, v in items])
+        cis.append((ci["ci_low"], ci["ci_high"]))
+    out["ci_low"], out["ci_high"] = zip(*cis)
     return out
 
 
@@ -161,6 +197,13 @@ STYLE = {
 }
 
 
+def _band(ax, d: pd.DataFrame, x: str, line) -> None:
+    """The 95 % CI of a line as a translucent band of its colour (where the CI is known)."""
+    if "ci_low" not in d or not np.isfinite(d[["ci_low", "ci_high"]].to_numpy(float)).all():
+        return
+    ax.fill_between(d[x], d["ci_low"], d["ci_high"], color=line.get_color(), alpha=0.15, lw=0)
+
+
 def plot_lines(
     df: pd.DataFrame, x: str, xlabel: str, title: str, png: str | Path, xticks=None
 ) -> None:
@@ -171,7 +214,8 @@ def plot_lines(
         sub = df[df["task"] == task]
         for system in dict.fromkeys(sub["system"]):
             d = sub[sub["system"] == system].sort_values(x)
-            ax.plot(d[x], d["score"], label=system, **STYLE.get(system, {"marker": "x"}))
+            (line,) = ax.plot(d[x], d["score"], label=system, **STYLE.get(system, {"marker": "x"}))
+            _band(ax, d, x, line)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(METRIC[task])
         ax.set_title(TASK_NAME[task])
@@ -192,9 +236,10 @@ def plot_retain(df: pd.DataFrame, title: str, png: str | Path) -> None:
         sub = df[df["prune"] == prune]
         for scale in sorted(set(sub["scale"])):
             d = sub[sub["scale"] == scale].sort_values("retain")
-            ax.plot(
+            (line,) = ax.plot(
                 d["retain"], d["score"], marker="o", label=f"{d['hours'].iloc[0]:.3g} h / language"
             )
+            _band(ax, d, "retain", line)
         ax.set_xlabel("retain ratio (1 = keep all)")
         ax.set_ylabel(METRIC["asr"])
         ax.set_title(f"ASR fine-tuned models, {names[prune]}")

@@ -3,6 +3,11 @@
 Score files: ``{scores}/pretrained/{lang}-{task}.json``, ``{scores}/finetuned/{lang}-{task}.json``,
 ``{scores}/merged/{setting}/{method}/{lang}-{task}.json`` and, for the joint-training
 baselines, ``{scores}/joint/{name}/{lang}-{task}.json`` (see :func:`speechmerge.decode.score_model`).
+
+Every average column (``Avg.``, ``WER Avg.``, ...) gets its 95 % paired-bootstrap CI from the
+score files' hypotheses (:mod:`speechmerge.hypotheses`) as two more CSV columns, ``<column> CI
+low`` and ``<column> CI high``, after the existing ones; the Markdown twin shows them as
+``value [low, high]``. Score files without hypotheses (written by hand) give no CI columns.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from .atomic import atomic_write_text
+from .hypotheses import files_ci, hyp_path
 from .joint import combined_methods, combined_settings, joint_models
 
 METHOD_NAMES = {
@@ -43,14 +49,47 @@ CAPTIONS = {
 }
 
 
-def read_score(path: str | Path) -> float:
+class Score(float):
+    """A score as read from its file; ``path`` (the score JSON) leads to its hypotheses."""
+
+    path: Path
+
+    def __new__(cls, value: float, path: str | Path):
+        obj = super().__new__(cls, value)
+        obj.path = Path(path)
+        return obj
+
+
+def read_score(path: str | Path) -> Score:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"score file missing: {path}")
     data = json.loads(path.read_text())
     if "score" not in data:
         raise ValueError(f"{path}: no 'score' key")
-    return float(data["score"])
+    return Score(float(data["score"]), path)
+
+
+CI_SUFFIXES = (" CI low", " CI high")
+
+
+def average_ci(cells) -> tuple[float, float] | None:
+    """The paired-bootstrap 95 % CI of the mean of `cells` (:class:`Score`), or None when a
+    cell has no hypotheses file to resample."""
+    paths = [getattr(c, "path", None) for c in cells]
+    if any(p is None or not hyp_path(p).exists() for p in paths):
+        return None
+    ci = files_ci(paths)
+    return ci["ci_low"], ci["ci_high"]
+
+
+def _add_ci(df: pd.DataFrame, column: str, cells: dict[str, list]) -> None:
+    """Append ``column`` CI low / high (every row's CI of the mean of its `cells`), if every
+    row has hypotheses."""
+    cis = {system: average_ci(c) for system, c in cells.items()}
+    if all(cis.values()):
+        for i, suffix in enumerate(CI_SUFFIXES):
+            df[column + suffix] = [cis[system][i] for system in df.index]
 
 
 class Scores:
@@ -101,6 +140,7 @@ def _per_language(rows: dict[str, dict[str, float]], langs: list[str]) -> pd.Dat
     df = pd.DataFrame.from_dict(rows, orient="index")[langs]
     df["Avg."] = df[langs].mean(axis=1)
     df.index.name = "System"
+    _add_ci(df, "Avg.", {system: [v[lang] for lang in langs] for system, v in rows.items()})
     return df
 
 
@@ -115,6 +155,9 @@ def _two_task(rows: dict[str, dict[tuple[str, str], float]], langs: list[str]) -
         out[system] = rec
     df = pd.DataFrame.from_dict(out, orient="index")
     df.index.name = "System"
+    for task, metric in (("asr", "WER"), ("st", "BLEU")):
+        cells = {system: [v[(lang, task)] for lang in langs] for system, v in rows.items()}
+        _add_ci(df, f"{metric} Avg.", cells)
     return df
 
 
@@ -156,8 +199,9 @@ def build_tables(config: dict, settings: dict, scores_root: str | Path) -> dict[
                 (lang, t): s.merged(f"mt-{lang}", m, lang, t) for lang, t in pairs
             }
         detail = _two_task(rows, langs)
-        tables["table3"] = detail[["WER Avg.", "BLEU Avg."]].rename(
-            columns={"WER Avg.": "Avg. WER", "BLEU Avg.": "Avg. BLEU"}
+        avg = [c for c in detail.columns if c.startswith(("WER Avg.", "BLEU Avg."))]
+        tables["table3"] = detail[avg].rename(
+            columns=lambda c: c.replace("WER Avg.", "Avg. WER").replace("BLEU Avg.", "Avg. BLEU")
         )
         tables["table11"] = detail
     if "mlmt" in settings:
@@ -173,7 +217,19 @@ def build_tables(config: dict, settings: dict, scores_root: str | Path) -> dict[
 
 
 def to_markdown(df: pd.DataFrame, title: str) -> str:
-    return f"{title}\n\n{df.round(2).to_markdown(floatfmt='.2f')}\n"
+    """The table in Markdown, 2 decimals; a column with CI columns shows ``value [low, high]``."""
+    low, high = CI_SUFFIXES
+    out = df.drop(columns=[c for c in df.columns if c.endswith(CI_SUFFIXES)])
+    if len(out.columns) == len(df.columns):
+        return f"{title}\n\n{df.round(2).to_markdown(floatfmt='.2f')}\n"
+    out = out.map(lambda x: f"{x:.2f}")
+    for c in out.columns:
+        if c + low in df.columns:
+            out[c] = [
+                f"{v:.2f} [{lo:.2f}, {hi:.2f}]"
+                for v, lo, hi in zip(df[c], df[c + low], df[c + high])
+            ]
+    return f"{title}\n\n{out.to_markdown(disable_numparse=True)}\n"
 
 
 def write_tables(config: dict, settings: dict, scores_root, csv_paths: list[str]) -> None:
@@ -196,5 +252,7 @@ def write_tables(config: dict, settings: dict, scores_root, csv_paths: list[str]
         title = (
             f"**{name.replace('table', 'Table ')}** ({config.get('preset', '')}): {CAPTIONS[name]}"
         )
+        if any(c.endswith(CI_SUFFIXES) for c in df.columns):
+            title += " Averages: value [95 % paired-bootstrap CI over test utterances]."
         atomic_write_text(csv_path, df.round(4).to_csv())
         atomic_write_text(csv_path.with_suffix(".md"), to_markdown(df, title))

@@ -183,11 +183,13 @@ def prune_sweep(
 ) -> dict:
     """Figure 5: ``θ0 + SVP(τ, r)`` (prune ``svp``) or ``θ0 + MP(τ, p)`` (``mp``) for every
     retain ratio, each decoded and scored on `test_tsv`. Ratio 1 keeps τ whole (the
-    fine-tuned model itself)."""
+    fine-tuned model itself). Each point keeps its per-utterance statistics (``stats``,
+    :func:`speechmerge.metrics.utterance_stats`) for the CIs of averages over languages."""
     import tempfile
     from pathlib import Path
 
     from .decode import score_model
+    from .hypotheses import file_stats
     from .merge import merge_models
 
     key = {"svp": "rank_ratio", "mp": "keep_ratio"}[prune]
@@ -198,7 +200,17 @@ def prune_sweep(
             merge_models(base_dir, [taskvector], prune, 1.0, [{key: ratio}], model, progress=False)
             jobs = [(lang, task, test_tsv, Path(tmp) / f"{lang}-{task}.json")]
             (res,) = score_model(model, jobs, decode_cfg, device, system=f"{prune}-sweep")
-        points.append({"retain": ratio, "score": res["score"], "metric": res["metric"]})
+            _, _, stats = file_stats(jobs[0][3])  # per utterance, for Figure 5's CIs
+        points.append(
+            {
+                "retain": ratio,
+                "score": res["score"],
+                "metric": res["metric"],
+                "ci_low": res["ci_low"],
+                "ci_high": res["ci_high"],
+                "stats": stats.tolist(),
+            }
+        )
     return {"lang": lang, "task": task, "prune": prune, **(meta or {}), "points": points}
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from speechmerge.cli import main
 from speechmerge.results_md import BEGIN, END, replace_section, results_section, verdicts
+from speechmerge.significance import COLUMNS as SIG_COLUMNS
 
 LANGS = ["ca", "de"]
 
@@ -53,16 +54,42 @@ def run(tmp_path: Path) -> Path:
         },
         cols,
     )
+    # significance.csv: the ML ASR differences; LoRS vs TA is inside its CI
+    sig = [
+        ("ml-asr", "WER", "LoRS-Merging", "Task Arithmetic", -2, -4.5, 0.5, 0.09, NSD),
+        ("ml-asr", "WER", "Task Arithmetic", "Weight Averaging", 1, 0.2, 1.8, 0.01, "worse"),
+        ("ml-asr", "WER", "LoRS-Merging", "Joint training", 1, -0.5, 2.5, 0.3, NSD),
+        ("ml-asr", "WER", "LoRS-Merging", "Finetuned", 10, 8, 12, 0.002, "worse"),
+        ("ml-asr", "WER", "Task Arithmetic", "Finetuned", 12, 9, 14, 0.002, "worse"),
+        ("ml-st", "BLEU", "Task Arithmetic", "Weight Averaging", 2, 1, 3, 0.002, "better"),
+    ]
+    pd.DataFrame(sig, columns=SIG_COLUMNS).to_csv(tables / "significance.csv", index=False)
+    (tables / "significance.md").write_text("**Significance** (test)\n\n| setting |\n")
     return tmp_path
 
 
-def test_verdicts_respect_the_direction_of_each_metric(run: Path):
+NSD = "no significant difference"
+
+
+def test_verdicts_come_from_the_bootstrap(run: Path):
     v = verdicts(run / "results/tables").set_index("Setting")
     asr, st = v.loc["ML ASR (Table 1)"], v.loc["ML ST (Table 2)"]
-    assert (asr["LoRS ≥ TA"], asr["TA ≥ WA"], asr["Best merge ≥ joint"]) == ("yes", "no", "no")
+    # LoRS's WER is 2 points lower than TA's, but the CI contains 0: not a win
+    assert asr["LoRS vs TA"] == f"{NSD} (-2.00 [-4.50, 0.50])"
+    assert asr["TA vs WA"] == "worse (+1.00 [0.20, 1.80])"
+    assert asr["Best merge vs joint"].startswith(NSD)
+    assert asr["Merges vs finetuned"] == "2 worse"
     assert asr["Best merge"] == "LoRS-Merging (70.00)"
-    assert (st["LoRS ≥ TA"], st["TA ≥ WA"], st["Best merge ≥ joint"]) == ("no", "yes", "yes")
+    assert st["TA vs WA"].startswith("better") and st["LoRS vs TA"] == "–"
     assert st["Best merge"] == "Task Arithmetic (4.00)" and st["Joint training"] == "3.50"
+
+
+def test_verdicts_without_significance_state_no_winner(run: Path):
+    tables = run / "results/tables"
+    (tables / "significance.csv").unlink()
+    asr = verdicts(tables).set_index("Setting").loc["ML ASR (Table 1)"]
+    assert (asr["LoRS vs TA"], asr["TA vs WA"], asr["Best merge vs joint"]) == ("–",) * 3
+    assert asr["LoRS"] == "70.00"
 
 
 def test_verdicts_without_joint_training(run: Path):
@@ -70,7 +97,7 @@ def test_verdicts_without_joint_training(run: Path):
     df = pd.read_csv(tables / "table1.csv", index_col=0).drop("Multi-lingual training")
     df.to_csv(tables / "table1.csv")
     asr = verdicts(tables).set_index("Setting").loc["ML ASR (Table 1)"]
-    assert asr["Joint training"] == "–" and asr["Best merge ≥ joint"] == "–"
+    assert asr["Joint training"] == "–"
 
 
 def test_section_replaces_only_the_marked_text(run: Path, tmp_path: Path):
@@ -98,6 +125,7 @@ def test_section_replaces_only_the_marked_text(run: Path, tmp_path: Path):
     text = readme.read_text()
     assert text.startswith("# top\n\n" + BEGIN) and text.endswith(END + "\n\n## after\n")
     assert "old" not in text and "Run X." in text and "**table2**" in text
+    assert "**Significance** (test)" in text
     # the verdict table keeps two decimals (tabulate would print "70.00" as "70")
     row = next(line for line in text.splitlines() if line.startswith("| ML ASR (Table 1)"))
     assert "| 70.00 " in row and "| 69.00 " in row and "LoRS-Merging (70.00)" in row

@@ -65,7 +65,7 @@ METHOD_ROWS = ["Weight Averaging", "Task Arithmetic", "MP-Merging", "SVP-Merging
 
 def check_tables(run: Path, config_path: Path) -> dict[str, pd.DataFrame]:
     config = yaml.safe_load(config_path.read_text())
-    tables = {p.stem: p for p in (run / "results/tables").glob("*.csv")}
+    tables = {p.stem: p for p in (run / "results/tables").glob("table*.csv")}
     assert set(tables) == {"table1", "table2", "table3", "table4", "table11", "table5", "table6"}
     out = {}
     for name, path in tables.items():
@@ -76,8 +76,10 @@ def check_tables(run: Path, config_path: Path) -> dict[str, pd.DataFrame]:
         assert (run / f"results/tables/{name}.md").read_text().count("|") > 10
     langs = config["languages"]
     t1 = out["table1"]
-    assert list(t1.columns) == [*langs, "Avg."]
+    assert list(t1.columns) == [*langs, "Avg.", "Avg. CI low", "Avg. CI high"]
     assert t1["Avg."].tolist() == pytest.approx(t1[langs].mean(axis=1).tolist())
+    assert (t1["Avg. CI low"] <= t1["Avg."] + 1e-6).all()
+    assert (t1["Avg."] <= t1["Avg. CI high"] + 1e-6).all()
     return out
 
 
@@ -85,6 +87,27 @@ def test_smoke_tables_numeric(smoke_run: Path):
     tables = check_tables(smoke_run, REPO / "configs/smoke.yaml")
     assert list(tables["table1"].index) == ["Pretrained", "Finetuned", *METHOD_ROWS]
     assert not (smoke_run / "results/figures").exists()  # the studies are smoke-study's
+
+
+def test_smoke_significance(smoke_run: Path):
+    """Paired-bootstrap CIs of every comparison the verdicts state, finite, containing delta."""
+    from speechmerge.significance import COLUMNS
+
+    tables = smoke_run / "results/tables"
+    sig = pd.read_csv(tables / "significance.csv")
+    assert list(sig.columns) == COLUMNS
+    assert set(sig["setting"]) == {"ml-asr", "ml-st", "mt", "mlmt"}
+    assert sig[["delta", "ci_low", "ci_high", "p_value"]].map(math.isfinite).all().all()
+    assert ((sig["ci_low"] <= sig["delta"]) & (sig["delta"] <= sig["ci_high"])).all()
+    assert sig["p_value"].between(0, 1).all()
+    assert set(sig["verdict"]) <= {"better", "worse", "no significant difference"}
+    pairs = set(zip(sig["system_a"], sig["system_b"]))
+    assert ("LoRS-Merging", "Task Arithmetic") in pairs
+    assert ("Task Arithmetic", "Weight Averaging") in pairs
+    assert {a for a, b in pairs if b == "Finetuned"} == set(METHOD_ROWS)
+    assert "| setting" in (tables / "significance.md").read_text()
+    score = json.loads((smoke_run / "results/scores/merged/ml-asr/lors/ca-asr.json").read_text())
+    assert score["ci_low"] <= score["score"] <= score["ci_high"]
 
 
 def test_study_tables_have_training_rows(study_run: Path):
@@ -212,7 +235,7 @@ def test_lowres_tables_7_to_10(lowres_run):
         assert df.map(lambda x: isinstance(x, float) and math.isfinite(x)).all().all(), n
         assert f"Table {n}" in (workdir / f"results/tables/table{n}.md").read_text()
     t7 = pd.read_csv(workdir / "results/tables/table7.csv", index_col=0)
-    assert list(t7.columns) == ["nl", "pt", "Avg."]
+    assert list(t7.columns) == ["nl", "pt", "Avg.", "Avg. CI low", "Avg. CI high"]
     t9 = pd.read_csv(workdir / "results/tables/table9.csv", index_col=0)
     assert "WER nl" in t9.columns and "BLEU Avg." in t9.columns
 

@@ -27,5 +27,6 @@ with job_log(sm.log[0], sm.threads) as log:
         for prune in p.prunes
     ]
     for s in sweeps:
-        log.info("%s sweep %s@%s: %s", s["prune"], w.lang, w.dscale, s["points"])
+        points = [(pt["retain"], pt["score"]) for pt in s["points"]]
+        log.info("%s sweep %s@%s (retain, score): %s", s["prune"], w.lang, w.dscale, points)
     write_json(sm.output[0], {"sweeps": sweeps})
