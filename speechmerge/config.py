@@ -154,6 +154,21 @@ def check_covost2(config: dict) -> None:
             )
 
 
+def write_effective_config(config: dict, path: str | Path) -> Path:
+    """Write the config a run actually uses (preset + ``--config`` overrides + schema
+    defaults) as YAML, atomically: what produced the results beside it."""
+    import yaml
+
+    from .atomic import atomic_write_text
+
+    text = (
+        "# The effective config of the last run (written by the workflow at start).\n"
+        + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+    )
+    atomic_write_text(path, text)
+    return Path(path)
+
+
 def load_config(path: str | Path) -> dict:
     """Load a YAML config and validate it against ``schemas/config.schema.yaml`` (defaults
     filled in). Errors name the offending key."""

@@ -1,0 +1,103 @@
+"""Presets run from the repository root: a preset is complete on its own (config.yaml is not
+merged under it) and the run's effective config is written to results/config.effective.yaml.
+
+The workflow tests run presets with ``--directory`` elsewhere, where config.yaml is absent;
+these run in a copy of the repository, where it is present, like a user would.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+#: What a user's checkout has at its root (results/, .snakemake/ and tests/ left out).
+REPO_ENTRIES = [
+    "Snakefile",
+    "config.yaml",
+    "configs",
+    "schemas",
+    "rules",
+    "workflow_scripts",
+    "report",
+    "envs",
+    "profiles",
+    "speechmerge",
+]
+
+pytestmark = pytest.mark.workflow
+
+
+@pytest.fixture(scope="module")
+def repo_copy(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("repo")
+    for name in REPO_ENTRIES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy2(src, root / name)
+    return root
+
+
+def effective_config(root: Path, preset: str | None, target: str) -> dict:
+    """Start a run of `preset` from the repository root (``--touch``: no job computes, but
+    the run starts, so the effective config is written) and read its effective config."""
+    out = root / "results/config.effective.yaml"
+    out.unlink(missing_ok=True)
+    res = subprocess.run(
+        [
+            SNAKEMAKE,
+            target,
+            "--cores",
+            "1",
+            "--touch",
+            *(["--configfile", preset] if preset else []),
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    return yaml.safe_load(out.read_text())
+
+
+def with_schema_defaults(config: dict) -> dict:
+    from snakemake.utils import validate
+
+    config = copy.deepcopy(config)
+    validate(config, str(REPO / "schemas/config.schema.yaml"))
+    return config
+
+
+def test_smoke_preset_from_the_repo_root_is_the_preset(repo_copy: Path):
+    preset = yaml.safe_load((REPO / "configs/smoke.yaml").read_text())
+    eff = effective_config(repo_copy, "configs/smoke.yaml", "results/subsets/ca/test.tsv")
+    assert eff["finetune"]["lr"] == {"default": 1.0e-4, "de-st": 5.0e-5}  # not config.yaml's
+    assert "snr_db" not in eff["corpus"]["synthetic"]["domains"]["base"]  # config.yaml has noise
+    assert eff == with_schema_defaults(preset)
+
+
+def test_paper_preset_merges_with_its_own_lambda(repo_copy: Path):
+    preset = yaml.safe_load((REPO / "configs/covost2-whisper-small.yaml").read_text())
+    eff = effective_config(
+        repo_copy, "configs/covost2-whisper-small.yaml", "results/subsets/ca/test.tsv"
+    )
+    assert eff["merge"]["lambda"] == {"default": 0.15}  # the paper's, for every setting
+    assert eff == with_schema_defaults(preset)
+
+
+def test_without_configfile_config_yaml_is_the_config(repo_copy: Path):
+    default = yaml.safe_load((REPO / "config.yaml").read_text())
+    langs = default["languages"]
+    eff = effective_config(repo_copy, None, f"results/subsets/{langs[0]}/test.tsv")
+    assert eff == with_schema_defaults(default)
