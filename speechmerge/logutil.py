@@ -8,6 +8,8 @@ import logging
 import sys
 import time
 
+from .atomic import terminate_on_sigterm
+
 
 @contextlib.contextmanager
 def job_log(path: str | None, threads: int | None = None):
@@ -26,7 +28,8 @@ def job_log(path: str | None, threads: int | None = None):
         torch.set_num_threads(int(threads))
     t0 = time.time()
     try:
-        yield logging.getLogger("speechmerge.job")
+        with terminate_on_sigterm():  # temp outputs are removed on SIGTERM too
+            yield logging.getLogger("speechmerge.job")
     except BaseException:
         logging.getLogger("speechmerge.job").exception("job failed after %.1fs", time.time() - t0)
         raise
