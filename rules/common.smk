@@ -8,7 +8,7 @@ from speechmerge import joint as smjoint
 from speechmerge import study as smstudy
 from speechmerge.corpus import LANGUAGES as ALL_LANGS
 
-smcfg.check_languages(config)
+smcfg.check_config(config)
 
 LANGS = config["languages"]
 TASKS = config["tasks"]

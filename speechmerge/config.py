@@ -6,6 +6,7 @@ its own config entries do (adding a language never changes another language's pa
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 SETTINGS_HELP = {
@@ -111,6 +112,49 @@ def merge_params(config: dict, pairs: list[tuple[str, str]]) -> list[dict]:
     ]
 
 
+def check_config(config: dict) -> None:
+    """What the JSON schema cannot say, checked before any job runs; errors name the key."""
+    check_finite(config)
+    check_bounds(config)
+    check_languages(config)
+
+
+def check_finite(value: object, key: str = "") -> None:
+    """Every number of the config is finite (YAML's .nan and .inf pass the schema's bounds)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_finite(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_finite(v, f"{key}.{i}")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"config key '{key}': must be a finite number, got {value!r}")
+
+
+#: The [low, high] ranges of a synthetic domain (corpus.synthetic.domains.<domain>.<key>).
+DOMAIN_RANGES = ("numbers_per_utterance", "rate", "pitch", "snr_db")
+
+
+def check_bounds(config: dict) -> None:
+    """Bounds between keys: ordered ranges, split fractions that leave training texts."""
+    syn = config.get("corpus", {}).get("synthetic")
+    if not syn:
+        return
+    dev, test = syn["dev_fraction"], syn["test_fraction"]
+    if dev + test >= 1:
+        raise ValueError(
+            f"config keys 'corpus.synthetic.dev_fraction' + 'corpus.synthetic.test_fraction' "
+            f"must be below 1 (no texts would be left for training), got {dev} + {test}"
+        )
+    for name, domain in syn["domains"].items():
+        for k in DOMAIN_RANGES:
+            if k in domain and domain[k][0] > domain[k][1]:
+                raise ValueError(
+                    f"config key 'corpus.synthetic.domains.{name}.{k}': [low, high] with "
+                    f"low <= high, got {domain[k]}"
+                )
+
+
 def check_languages(config: dict) -> None:
     """Fail early, naming the key, where the config asks for what the source cannot give."""
     if config["source"] == "synthetic" and config["base"]["source"] == "synthetic":
@@ -190,4 +234,4 @@ def validate_config(config: dict) -> None:
         e = errors[0]
         key = ".".join(map(str, e.absolute_path)) or "(top level)"
         raise ValueError(f"config key '{key}': {e.message}")
-    check_languages(config)
+    check_config(config)

@@ -101,3 +101,36 @@ def test_without_configfile_config_yaml_is_the_config(repo_copy: Path):
     langs = default["languages"]
     eff = effective_config(repo_copy, None, f"results/subsets/{langs[0]}/test.tsv")
     assert eff == with_schema_defaults(default)
+
+
+@pytest.mark.parametrize(
+    "path,value,key",
+    [
+        (["merge", "rank_ratio", "ca-asr"], 5, "ca-asr"),
+        (
+            ["corpus", "synthetic", "domains", "base", "numbers_per_utterance"],
+            [4, 2],
+            "low <= high",
+        ),
+        (["merge", "lambda", "mt"], float("nan"), "merge.lambda.mt"),
+        (["corpus", "synthetic", "test_fraction"], 0.95, "dev_fraction"),
+    ],
+)
+def test_bad_values_fail_before_any_job(repo_copy: Path, tmp_path: Path, path, value, key):
+    config = yaml.safe_load((REPO / "configs/smoke.yaml").read_text())
+    node = config
+    for k in path[:-1]:
+        node = node[k]
+    node[path[-1]] = value
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    res = subprocess.run(
+        [SNAKEMAKE, "-n", "--configfile", str(bad)],
+        cwd=repo_copy,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert res.returncode != 0
+    assert key in res.stdout + res.stderr
