@@ -9,6 +9,7 @@ from speechmerge import study as smstudy
 from speechmerge.corpus import LANGUAGES as ALL_LANGS
 
 smcfg.check_config(config)
+smcfg.canonicalize(config)  # params do not depend on the order of keys in a file
 
 LANGS = config["languages"]
 TASKS = config["tasks"]

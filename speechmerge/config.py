@@ -112,6 +112,29 @@ def merge_params(config: dict, pairs: list[tuple[str, str]]) -> list[dict]:
     ]
 
 
+def canonicalize(config: dict) -> dict:
+    """Sort the keys of every mapping in ``config``, in place (lists keep their order).
+
+    Snakemake compares a job's params by their ``repr``, in which a dict's key order counts:
+    without this, reordering keys in a YAML file would change every param built from a config
+    section and rerun those jobs and everything downstream. Returns ``config``.
+    """
+    for value in config.values():
+        _canonical_value(value)
+    items = sorted(config.items(), key=lambda kv: str(kv[0]))
+    config.clear()
+    config.update(items)
+    return config
+
+
+def _canonical_value(value: object) -> None:
+    if isinstance(value, dict):
+        canonicalize(value)
+    elif isinstance(value, list):
+        for v in value:
+            _canonical_value(v)
+
+
 def check_config(config: dict) -> None:
     """What the JSON schema cannot say, checked before any job runs; errors name the key."""
     check_finite(config)

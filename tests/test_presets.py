@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import reversed_keys
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -47,25 +48,20 @@ def repo_copy(tmp_path_factory) -> Path:
     return root
 
 
+def smk(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """The snakemake CLI in `root` (the repository copy), as a user runs it there."""
+    return subprocess.run(
+        [SNAKEMAKE, *args], cwd=root, capture_output=True, text=True, timeout=600, check=False
+    )
+
+
 def effective_config(root: Path, preset: str | None, target: str) -> dict:
     """Start a run of `preset` from the repository root (``--touch``: no job computes, but
     the run starts, so the effective config is written) and read its effective config."""
     out = root / "results/config.effective.yaml"
     out.unlink(missing_ok=True)
-    res = subprocess.run(
-        [
-            SNAKEMAKE,
-            target,
-            "--cores",
-            "1",
-            "--touch",
-            *(["--configfile", preset] if preset else []),
-        ],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    res = smk(
+        root, target, "--cores", "1", "--touch", *(["--configfile", preset] if preset else [])
     )
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     return yaml.safe_load(out.read_text())
@@ -124,13 +120,20 @@ def test_bad_values_fail_before_any_job(repo_copy: Path, tmp_path: Path, path, v
     node[path[-1]] = value
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(config))
-    res = subprocess.run(
-        [SNAKEMAKE, "-n", "--configfile", str(bad)],
-        cwd=repo_copy,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    res = smk(repo_copy, "-n", "--configfile", str(bad))
     assert res.returncode != 0
     assert key in res.stdout + res.stderr
+
+
+def test_reordering_keys_reruns_nothing(repo_copy: Path, tmp_path: Path):
+    """A job whose params are a whole config section (the corpus): the same config with its
+    keys in another order plans nothing after a run."""
+    config = yaml.safe_load((REPO / "configs/smoke.yaml").read_text())
+    shuffled = tmp_path / "shuffled.yaml"
+    shuffled.write_text(yaml.safe_dump(reversed_keys(config), sort_keys=False))
+    target = "results/corpus/ca"
+    res = smk(repo_copy, target, "--cores", "1", "--configfile", "configs/smoke.yaml")
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = smk(repo_copy, target, "-n", "--configfile", str(shuffled))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Nothing to be done" in res.stdout + res.stderr, (res.stdout + res.stderr)[-3000:]
