@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
+import json
 import os
 import shutil
 import signal
@@ -112,13 +114,68 @@ def temp_path(final: str | os.PathLike[str], directory: bool = False) -> Path:
     return Path(tmp)
 
 
+#: Written last into every output folder: its files with their sizes and SHA-256 hashes, so a
+#: damaged output (a deleted or truncated file) is found by :func:`verify_tree`.
+MANIFEST = "speechmerge-manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(folder: str | os.PathLike[str]) -> Path:
+    """Write :data:`MANIFEST` into ``folder``: every file below it (relative path, size,
+    SHA-256)."""
+    folder = Path(folder)
+    files = {
+        p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink() and p.name != MANIFEST
+    }
+    atomic_write_text(folder / MANIFEST, json.dumps({"files": files}, indent=1) + "\n")
+    return folder / MANIFEST
+
+
+def verify_folder(folder: str | os.PathLike[str]) -> list[str]:
+    """What is wrong with an output folder against its manifest ([] if nothing)."""
+    folder = Path(folder)
+    try:
+        files = json.loads((folder / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return [f"{folder / MANIFEST}: unreadable manifest ({e})"]
+    problems = []
+    for rel, want in files.items():
+        p = folder / rel
+        if not p.is_file():
+            problems.append(f"{p}: missing")
+        elif p.stat().st_size != want["size"]:
+            problems.append(f"{p}: {p.stat().st_size} bytes, the manifest says {want['size']}")
+        elif _sha256(p) != want["sha256"]:
+            problems.append(f"{p}: content differs from the manifest (SHA-256)")
+    return problems
+
+
+def verify_tree(root: str | os.PathLike[str]) -> tuple[int, list[str]]:
+    """Check every output folder below ``root`` that has a manifest: (folders checked,
+    problems, each naming the file)."""
+    manifests = sorted(Path(root).rglob(MANIFEST))
+    problems = [msg for m in manifests for msg in verify_folder(m.parent)]
+    return len(manifests), problems
+
+
 @contextlib.contextmanager
 def atomic_dir(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary folder next to `out_dir`; on success it replaces `out_dir`."""
+    """Yield a temporary folder next to `out_dir`; on success its manifest is written and it
+    replaces `out_dir`."""
     out_dir = Path(out_dir)
     tmp = temp_path(out_dir, directory=True)
     try:
         yield tmp
+        write_manifest(tmp)
         replace_path(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Command-line interface: ``python -m speechmerge {merge,compress,decompress,methods,results-md}``.
+"""Command-line interface: ``python -m speechmerge {merge,compress,decompress,methods,verify,results-md}``.
 
 ``merge`` takes Hugging Face Whisper model directories (the base and the fine-tuned models),
 computes the task vectors τ_i = θ_i − θ_0 into a temporary directory (streaming, one tensor
@@ -241,6 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("methods", help="list the merge methods")
 
+    v = sub.add_parser(
+        "verify",
+        help="check every output folder under DIR against its manifest (files, sizes, hashes)",
+        description="Find damaged outputs (a deleted, truncated or changed file) that Snakemake "
+        "would take as complete: every folder with a speechmerge-manifest.json is checked.",
+    )
+    v.add_argument("root", metavar="DIR", help="e.g. results/")
+
     r = sub.add_parser(
         "results-md",
         help="the README's Results section from a workflow run (tables, verdicts, figures)",
@@ -418,6 +426,17 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .atomic import verify_tree
+
+    root = _check_dir(args.root, "verify")
+    checked, problems = verify_tree(root)
+    for p in problems:
+        print(f"damaged: {p}")
+    print(f"{checked} output folders checked under {root}: {len(problems)} problems")
+    return 1 if problems else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -436,6 +455,8 @@ def _run(args: argparse.Namespace) -> int:
 
             decompress(args.compressed, _file_output(args))
             return 0
+        if args.command == "verify":
+            return _cmd_verify(args)
         if args.command == "results-md":
             from .results_md import replace_section, results_section
 

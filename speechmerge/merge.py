@@ -59,7 +59,13 @@ import torch
 from torch import Tensor
 
 from . import __version__
-from .atomic import atomic_write_text, check_output_path, replace_path, temp_path
+from .atomic import (
+    atomic_write_text,
+    check_output_path,
+    replace_path,
+    temp_path,
+    write_manifest,
+)
 from .prune import (
     count_from_ratio,
     is_prunable,
@@ -866,6 +872,7 @@ def merge_models(
             "speechmerge_version": __version__,
         }
         atomic_write_text(tmp / MERGE_RECORD, json.dumps(record, indent=2, default=str) + "\n")
+        write_manifest(tmp)
         replace_path(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

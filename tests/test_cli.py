@@ -321,3 +321,21 @@ def test_compressed_factor_shapes_are_checked(whisper, tmp_path: Path, capsys) -
     r = inproc(capsys, "merge", "--base", str(base), "--taskvectors", str(c), "--method", "ta",
                "--out", str(tmp_path / "o"), "--quiet")  # fmt: skip
     assert r.returncode == 1 and str(c) in r.stderr and name[: -len("::v")] in r.stderr
+
+
+def test_verify_finds_damaged_outputs(whisper, tmp_path: Path, capsys) -> None:
+    _, base, fts = whisper
+    out = tmp_path / "results" / "merged" / "m"
+    assert inproc(capsys, *merge_args(base, fts, out)).returncode == 0
+    r = inproc(capsys, "verify", str(tmp_path / "results"))
+    assert r.returncode == 0 and "1 output folders checked" in r.stdout and "0 problems" in r.stdout
+    cfg = (out / "config.json").read_bytes()
+    (out / "config.json").write_bytes(cfg.replace(b"whisper", b"WHISPER"))  # same size
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    (out / "generation_config.json").unlink()
+    r = inproc(capsys, "verify", str(tmp_path / "results"))
+    assert r.returncode == 1
+    for name, why in (("config.json", "content differs"), ("model.safetensors", "bytes"),
+                      ("generation_config.json", "missing")):  # fmt: skip
+        assert f"{out / name}: " in r.stdout and why in r.stdout, r.stdout

@@ -197,6 +197,7 @@ MERGED_FILES = {
     "tokenizer.json",
     "preprocessor_config.json",
     "merge.json",
+    "speechmerge-manifest.json",
 }
 
 
