@@ -137,3 +137,38 @@ def test_reordering_keys_reruns_nothing(repo_copy: Path, tmp_path: Path):
     res = smk(repo_copy, target, "-n", "--configfile", str(shuffled))
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Nothing to be done" in res.stdout + res.stderr, (res.stdout + res.stderr)[-3000:]
+
+
+def test_sigterm_leaves_no_temp_output(repo_copy: Path):
+    """SIGTERM to the whole run (as a scheduler or `kill -- -PGID` sends it) while the corpus
+    is being written: the job removes its temp folder like on Ctrl-C."""
+    import os
+    import signal
+    import time
+
+    corpus = repo_copy / "results/corpus"
+    shutil.rmtree(corpus, ignore_errors=True)
+    cmd = [SNAKEMAKE, "results/corpus/de", "--cores", "1", "--configfile", "configs/smoke.yaml"]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=repo_copy,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while not list(corpus.glob(".de.*")):
+            if time.time() > deadline or proc.poll() is not None:
+                pytest.fail("the corpus job never started writing")
+            time.sleep(0.2)
+        time.sleep(1)
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    time.sleep(1)
+    assert not (corpus / "de").exists()
+    assert not list(corpus.glob(".de.*")) if corpus.exists() else True
