@@ -140,9 +140,12 @@ def write_manifest(folder: str | os.PathLike[str]) -> Path:
     return folder / MANIFEST
 
 
-def verify_folder(folder: str | os.PathLike[str]) -> list[str]:
-    """What is wrong with an output folder against its manifest ([] if nothing)."""
+def verify_folder(folder: str | os.PathLike[str], hashes: bool = True) -> list[str]:
+    """What is wrong with an output folder against its manifest ([] if nothing, or if it has
+    no manifest). ``hashes=False`` checks only presence and sizes (a stat per file)."""
     folder = Path(folder)
+    if not (folder / MANIFEST).exists():
+        return []
     try:
         files = json.loads((folder / MANIFEST).read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -154,9 +157,19 @@ def verify_folder(folder: str | os.PathLike[str]) -> list[str]:
             problems.append(f"{p}: missing")
         elif p.stat().st_size != want["size"]:
             problems.append(f"{p}: {p.stat().st_size} bytes, the manifest says {want['size']}")
-        elif _sha256(p) != want["sha256"]:
+        elif hashes and _sha256(p) != want["sha256"]:
             problems.append(f"{p}: content differs from the manifest (SHA-256)")
     return problems
+
+
+def check_folder(folder: str | os.PathLike[str]) -> None:
+    """Refuse a damaged input folder (a file of its manifest missing or of another size),
+    naming the file: Snakemake takes a folder output as complete once it exists."""
+    problems = verify_folder(folder, hashes=False)
+    if problems:
+        raise ValueError(
+            f"damaged output folder {folder} (rerun the job that makes it): {'; '.join(problems)}"
+        )
 
 
 def verify_tree(root: str | os.PathLike[str]) -> tuple[int, list[str]]:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_dir, atomic_write_text
+from .atomic import atomic_dir, atomic_write_text, check_folder
 
 COLUMNS = ["id", "audio", "duration", "sentence", "translation"]
 SPLITS = ["base", "train", "dev", "test"]
@@ -252,6 +252,7 @@ def make_subset(corpus_tsv, out_tsv, hours: float, scale: float, seed: int) -> d
     """Subset one corpus split to `hours * scale` hours; audio paths are rewritten relative to
     the new TSV's folder. Returns a summary (requested/actual seconds, utterances)."""
     corpus_tsv, out_tsv = Path(corpus_tsv), Path(out_tsv)
+    check_folder(corpus_tsv.parent)  # a deleted or truncated clip, named
     rows = read_tsv(corpus_tsv)
     seconds = hours * scale * 3600.0
     available = sum(r.duration for r in rows)

@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
-from .atomic import atomic_file
+from .atomic import atomic_file, check_folder
 
 __all__ = [
     "WEIGHTS_NAME",
@@ -329,6 +329,7 @@ def model_weights_path(model_dir: str | os.PathLike[str]) -> Path:
     Raises NotImplementedError for sharded checkpoints and FileNotFoundError if there is none.
     """
     d = Path(model_dir)
+    check_folder(d)
     p = d / WEIGHTS_NAME
     if p.is_file():
         return p

@@ -451,3 +451,18 @@ def test_sampling_fails_instead_of_hanging():
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+def test_subset_refuses_a_damaged_corpus(tmp_path):
+    """A corpus folder whose clip was truncated after it was written (its manifest says
+    otherwise): the subset job names the clip instead of using it."""
+    from speechmerge.atomic import atomic_dir
+
+    corpus = tmp_path / "corpus"
+    with atomic_dir(corpus) as tmp:
+        (tmp / "clips").mkdir()
+        (tmp / "clips" / "a.flac").write_bytes(b"x" * 100)
+        write_tsv([Utterance("a", "clips/a.flac", 1.0, "one", "one")], tmp / "train.tsv")
+    (corpus / "clips" / "a.flac").write_bytes(b"x" * 10)
+    with pytest.raises(ValueError, match="a.flac"):
+        make_subset(corpus / "train.tsv", tmp_path / "sub.tsv", 1 / 3600, 1.0, 0)

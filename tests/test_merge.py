@@ -433,3 +433,19 @@ def test_tiny_whisper_end_to_end(tmp_path: Path) -> None:
         progress=False,
     )
     WhisperForConditionalGeneration.from_pretrained(out2)
+
+
+def test_damaged_model_folder_is_refused(tmp_path: Path, model_dirs) -> None:
+    """A merged model (with its manifest) whose weights were truncated is refused as an input,
+    naming the file, where Snakemake would take the folder as complete."""
+    base_dir, tv_paths = model_dirs
+    out = tmp_path / "merged"
+    merge_models(base_dir, tv_paths, "ta", lam=0.2, out_dir=out, progress=False)
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])
+    with pytest.raises(ValueError, match="damaged output folder") as ei:
+        compute_task_vector(base_dir, out, tmp_path / "tv.safetensors")
+    assert str(weights) in str(ei.value)
+    weights.unlink()
+    with pytest.raises(ValueError, match="missing"):
+        compute_task_vector(base_dir, out, tmp_path / "tv.safetensors")
