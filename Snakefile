@@ -5,7 +5,12 @@ from snakemake.utils import min_version, validate
 min_version("8.0")
 
 
-configfile: "config.yaml"
+# A preset is complete on its own: config.yaml is the config only when no --configfile is
+# given (Snakemake would otherwise merge a preset key by key over config.yaml, so every key
+# the preset leaves out would silently come from the default).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 validate(config, "schemas/config.schema.yaml")
@@ -25,6 +30,10 @@ include: "rules/score.smk"
 include: "rules/joint.smk"
 include: "rules/study.smk"
 include: "rules/report.smk"
+
+
+onstart:
+    smcfg.write_effective_config(config, f"{R}/config.effective.yaml")
 
 
 rule all:

@@ -8,7 +8,8 @@ from speechmerge import joint as smjoint
 from speechmerge import study as smstudy
 from speechmerge.corpus import LANGUAGES as ALL_LANGS
 
-smcfg.check_languages(config)
+smcfg.check_config(config)
+smcfg.canonicalize(config)  # params do not depend on the order of keys in a file
 
 LANGS = config["languages"]
 TASKS = config["tasks"]

@@ -101,7 +101,8 @@ def fig4_dirs():
 def fig4_joint_dirs():
     """Multi-lingual training score folders of Figure 4, {"scale/task": folder}: the joint
     ml-{task} model of rules/joint.smk at scale 1, and at every scale < 1 the same model
-    trained on the scaled train subsets (rule joint_scaled). Empty without joint ml-{task}."""
+    trained on the scaled train subsets (rule joint_scaled). Empty without joint ml-{task}.
+    """
     joint = globals().get("JOINT", {})
     return {
         f"{s}/{t}": joint_scores_at(s, f"ml-{t}")
@@ -113,7 +114,11 @@ def fig4_joint_dirs():
 
 def joint_scores_at(scale, name):
     """Score folder of joint model `name` trained at data scale `scale` ("1": the main one)."""
-    return f"{R}/scores/joint/{name}" if scale == "1" else f"{R}/scores/joint@{scale}/{name}"
+    return (
+        f"{R}/scores/joint/{name}"
+        if scale == "1"
+        else f"{R}/scores/joint@{scale}/{name}"
+    )
 
 
 def fig4_inputs():

@@ -1,4 +1,4 @@
-"""Command-line interface: ``python -m speechmerge {merge,compress,decompress,methods,convert-ct2,results-md}``.
+"""Command-line interface: ``python -m speechmerge {merge,compress,decompress,methods,convert-ct2,verify,results-md}``.
 
 ``merge`` takes Hugging Face Whisper model directories (the base and the fine-tuned models),
 computes the task vectors τ_i = θ_i − θ_0 into a temporary directory (streaming, one tensor
@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
+import shutil
 import sys
-import tempfile
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .merge import METHODS, get_method, merge_models
+from .atomic import check_output_path, temp_path, terminate_on_sigterm
+from .merge import METHODS, get_method, is_merge_output, merge_models
 
 __all__ = ["build_parser", "main"]
 
@@ -38,6 +40,39 @@ PARAM_OPTIONS = {
     "rank_fraction": "TSV-M per-task rank fraction (default 1/n)",
     "common_fraction": "Iso-CTS fraction of the common subspace (default 0.8)",
 }
+
+
+#: Allowed values of the method parameters (what the workflow schema allows):
+#: (low, low inclusive, high, high inclusive).
+PARAM_BOUNDS: dict[str, tuple[float, bool, float, bool]] = {
+    "rank_ratio": (0.0, False, 1.0, True),
+    "keep_ratio": (0.0, False, 1.0, True),
+    "drop_rate": (0.0, True, 1.0, False),
+    "seed": (0.0, True, math.inf, False),
+    "rank_fraction": (0.0, False, 1.0, True),
+    "common_fraction": (0.0, True, 1.0, True),
+}
+#: Every key a method reads from its parameters (--param and --model-params accept only these).
+KNOWN_PARAMS = (*PARAM_OPTIONS, "exact")
+
+
+def _check_param(key: str, value: Any, what: str) -> None:
+    """Refuse an unknown key (a typo) or a value out of its range, naming both."""
+    if key not in KNOWN_PARAMS:
+        raise ValueError(f"{what}: unknown parameter {key!r}; known: {', '.join(KNOWN_PARAMS)}")
+    kind = "a boolean" if key == "exact" else "an integer" if key == "seed" else "a number"
+    types: tuple[type, ...] = (
+        (bool,) if key == "exact" else (int,) if key == "seed" else (int, float)
+    )
+    if not isinstance(value, types) or (isinstance(value, bool) and key != "exact"):
+        raise ValueError(f"{what}: {key} must be {kind}, got {value!r}")
+    if key == "exact":
+        return
+    lo, lo_in, hi, hi_in = PARAM_BOUNDS[key]
+    ok = (value >= lo if lo_in else value > lo) and (value <= hi if hi_in else value < hi)
+    if not ok or math.isnan(value):
+        lb, hb = "[" if lo_in else "(", "]" if hi_in else ")"
+        raise ValueError(f"{what}: {key} must be in {lb}{lo:g}, {hi:g}{hb}, got {value!r}")
 
 
 def _methods_help() -> str:
@@ -65,6 +100,13 @@ def _parse_kv(text: str, what: str) -> dict[str, Any]:
             raise ValueError(f"{what}: expected KEY=VALUE, got {item!r}")
         out[key.strip()] = _parse_value(val.strip())
     return out
+
+
+FORCE_HELP = "replace --out even if it exists and is not an output of speechmerge"
+FILE_OUT_HELP = (
+    "output .safetensors file: must be new or a task-vector file written by speechmerge, "
+    "which is replaced"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,7 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where the temporary task vectors go (default: next to --out)",
     )
-    m.add_argument("--out", required=True, metavar="DIR", help="output model dir (replaced)")
+    m.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output model dir: must be new or a previous merge output (it has merge.json), "
+        "which is replaced",
+    )
+    m.add_argument("--force", action="store_true", help=FORCE_HELP)
     m.add_argument("--quiet", action="store_true", help="no progress bars")
 
     c = sub.add_parser(
@@ -181,12 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--exact-svd", action="store_true", help="exact SVD (default: randomized for small ranks)"
     )
-    c.add_argument("--out", required=True, metavar="FILE", help="output .safetensors file")
+    c.add_argument("--out", required=True, metavar="FILE", help=FILE_OUT_HELP)
+    c.add_argument("--force", action="store_true", help=FORCE_HELP)
     c.add_argument("--quiet", action="store_true", help="no progress bars")
 
     d = sub.add_parser("decompress", help="write the dense LoRS(τ) of a compressed task vector")
     d.add_argument("compressed", metavar="FILE", help="compressed task-vector file")
-    d.add_argument("--out", required=True, metavar="FILE", help="output .safetensors file")
+    d.add_argument("--out", required=True, metavar="FILE", help=FILE_OUT_HELP)
+    d.add_argument("--force", action="store_true", help=FORCE_HELP)
 
     sub.add_parser("methods", help="list the merge methods")
 
@@ -209,6 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="truncate the encoder window to S seconds (default: the model's, 30)",
     )
     v.add_argument("--sha256", metavar="HEX", help="expected SHA-256 of SRC/model.bin")
+
+    y = sub.add_parser(
+        "verify",
+        help="check every output folder under DIR against its manifest (files, sizes, hashes)",
+        description="Find damaged outputs (a deleted, truncated or changed file) that Snakemake "
+        "would take as complete: every folder with a speechmerge-manifest.json is checked.",
+    )
+    y.add_argument("root", metavar="DIR", help="e.g. results/")
 
     r = sub.add_parser(
         "results-md",
@@ -249,8 +308,13 @@ def _merge_params(args: argparse.Namespace, inputs: list[str]) -> list[dict[str,
     shared: dict[str, Any] = {
         k: getattr(args, k) for k in PARAM_OPTIONS if getattr(args, k) is not None
     }
+    for key, value in shared.items():
+        _check_param(key, value, "--" + key.replace("_", "-"))
     for item in args.param:
-        shared.update(_parse_kv(item, "--param"))
+        kv = _parse_kv(item, "--param")
+        for key, value in kv.items():
+            _check_param(key, value, "--param")
+        shared.update(kv)
     if args.exact_svd:
         shared["exact"] = True
     plist = [dict(shared) for _ in inputs]
@@ -264,7 +328,10 @@ def _merge_params(args: argparse.Namespace, inputs: list[str]) -> list[dict[str,
             raise ValueError(
                 f"--model-params: {where!r} is not one of the merged models: {', '.join(inputs)}"
             )
-        plist[resolved.index(target)].update(_parse_kv(kv, "--model-params"))
+        kvs = _parse_kv(kv, "--model-params")
+        for key, value in kvs.items():
+            _check_param(key, value, "--model-params")
+        plist[resolved.index(target)].update(kvs)
     for p in plist:
         for key in method.required_params:
             p.setdefault(key, REQUIRED_DEFAULTS[key])
@@ -284,28 +351,54 @@ def _cmd_merge(args: argparse.Namespace) -> int:
                 raise FileNotFoundError(f"--taskvectors file not found: {f}")
     plist = _merge_params(args, inputs)
     lam = method.default_lambda if args.lam is None else args.lam
-    out = Path(args.out)
+    if not math.isfinite(lam):
+        raise ValueError(f"--lambda must be finite, got {lam!r}")
+    out = check_output_path(args.out, is_merge_output, force=args.force)
     progress = not args.quiet
     print(
         f"merging {len(inputs)} models with {method.name} (λ = {lam:g}) into {out}", file=sys.stderr
     )
     if args.taskvectors:
-        merge_models(base, args.taskvectors, method, lam, plist, out, progress=progress)
+        merge_models(
+            base, args.taskvectors, method, lam, plist, out, progress=progress, force=args.force
+        )
         return 0
     from .taskvector import compute_task_vector
 
-    work = Path(args.work_dir) if args.work_dir else out.resolve().parent
-    work.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=work, prefix=".speechmerge-tv-") as tmp:
+    work = Path(args.work_dir) / out.name if args.work_dir else out
+    tmp = temp_path(work, directory=True)
+    try:
         paths = []
         for i, d in enumerate(args.finetuned):
-            p = Path(tmp) / f"tv{i}.safetensors"
+            p = tmp / f"tv{i}.safetensors"
             if progress:
                 print(f"task vector {i + 1}/{len(inputs)}: {d}", file=sys.stderr)
             compute_task_vector(base, d, p, progress=progress)
             paths.append(p)
-        merge_models(base, paths, method, lam, plist, out, progress=progress)
+        merge_models(
+            base,
+            paths,
+            method,
+            lam,
+            plist,
+            out,
+            progress=progress,
+            force=args.force,
+            labels=args.finetuned,
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def _file_output(args: argparse.Namespace) -> Path:
+    """``args.out`` if it may be written: new, or a task-vector file of ours (or --force)."""
+    from .compress import is_task_vector_file
+
+    out = Path(args.out)
+    if out.is_dir() and not out.is_symlink():
+        raise IsADirectoryError(f"--out {out} is a folder; this command writes a file")
+    return check_output_path(out, is_task_vector_file, force=args.force)
 
 
 def _cmd_compress(args: argparse.Namespace) -> int:
@@ -314,6 +407,9 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     progress = not args.quiet
     if args.taskvector and (args.base or args.finetuned):
         raise ValueError("give either --taskvector or --base and --finetuned, not both")
+    _check_param("rank_ratio", args.rank_ratio, "--rank-ratio")
+    _check_param("keep_ratio", args.keep_ratio, "--keep-ratio")
+    _file_output(args)
     if args.taskvector:
         meta = compress_lors(
             args.taskvector,
@@ -328,9 +424,9 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
         base, ft = _check_dir(args.base, "--base"), _check_dir(args.finetuned, "--finetuned")
         out = Path(args.out)
-        out.resolve().parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out.resolve().parent, prefix=".speechmerge-tv-") as t:
-            tv = compute_task_vector(base, ft, Path(t) / "tv.safetensors", progress=progress)
+        tmp = temp_path(out, directory=True)
+        try:
+            tv = compute_task_vector(base, ft, tmp / "tv.safetensors", progress=progress)
             meta = compress_lors(
                 tv,
                 out,
@@ -339,6 +435,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
                 exact=True if args.exact_svd else None,
                 progress=progress,
             )
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     else:
         raise ValueError("compress needs --taskvector FILE, or --base DIR and --finetuned DIR")
     print(
@@ -348,9 +446,25 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .atomic import verify_tree
+
+    root = _check_dir(args.root, "verify")
+    checked, problems = verify_tree(root)
+    for p in problems:
+        print(f"damaged: {p}")
+    print(f"{checked} output folders checked under {root}: {len(problems)} problems")
+    return 1 if problems else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with terminate_on_sigterm():  # clean-ups (temp outputs) run on SIGTERM as on Ctrl-C
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         if args.command == "merge":
             return _cmd_merge(args)
@@ -359,7 +473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "decompress":
             from .compress import decompress
 
-            decompress(args.compressed, args.out)
+            decompress(args.compressed, _file_output(args))
             return 0
         if args.command == "convert-ct2":
             from .convert import convert_ct2
@@ -371,6 +485,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(f"wrote {args.out}: {summary}")
             return 0
+        if args.command == "verify":
+            return _cmd_verify(args)
         if args.command == "results-md":
             from .results_md import replace_section, results_section
 
@@ -383,6 +499,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         print(_methods_help())
         return 0
-    except (ValueError, FileNotFoundError, NotImplementedError, KeyError) as e:
+    except (ValueError, OSError, NotImplementedError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

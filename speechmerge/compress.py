@@ -32,7 +32,13 @@ import torch
 from torch import Tensor
 
 from .prune import count_from_ratio, is_prunable, rank_from_ratio, svp_factors, topk_mask
-from .taskvector import SafetensorsReader, TensorSpec, all_finite, atomic_save_streaming
+from .taskvector import (
+    SafetensorsReader,
+    TensorSpec,
+    all_finite,
+    atomic_save_streaming,
+    check_task_vector_metadata,
+)
 
 __all__ = [
     "FORMAT",
@@ -41,6 +47,7 @@ __all__ = [
     "compress_lors",
     "decompress",
     "is_compressed",
+    "is_task_vector_file",
     "open_task_vector",
 ]
 
@@ -131,6 +138,7 @@ def compress_lors(
         src_meta = r.metadata() or {}
         if is_compressed(src_meta):
             raise ValueError(f"{tv_path} is already a compressed task vector")
+        check_task_vector_metadata(tv_path, src_meta)
         specs: list[TensorSpec] = []
         dense_bytes = 0
         for name in r:
@@ -206,8 +214,21 @@ class CompressedTaskVector:
                 if missing:
                     self._r.close()
                     raise ValueError(f"{path}: tensor {name!r} lacks {SEP}{missing[0]}")
+                bad = self._bad_parts(name)
+                if bad:
+                    self._r.close()
+                    raise ValueError(f"{path}: compressed tensor {name!r}: {bad}")
                 self._names.append(name)
                 self._compressed.add(name)
+
+    def _bad_parts(self, name: str) -> str | None:
+        """Why the stored parts of ``name`` cannot form a (d, k) matrix (None if they can)."""
+        us, v, idx, val = (tuple(self._r.shape(f"{name}{SEP}{p}")) for p in _PARTS)
+        if len(us) != 2 or len(v) != 2 or us[1] != v[1]:
+            return f"factor shapes {us} ({SEP}us) and {v} ({SEP}v) are not (d, r) and (k, r)"
+        if len(idx) != 1 or idx != val:
+            return f"sparse parts have shapes {idx} ({SEP}idx) and {val} ({SEP}val)"
+        return None
 
     def __enter__(self) -> Self:
         return self
@@ -260,6 +281,17 @@ class CompressedTaskVector:
         sparse = torch.zeros(d * k, dtype=val.dtype)
         sparse[idx] = val
         return low + sparse.reshape(d, k)
+
+
+def is_task_vector_file(path: Path) -> bool:
+    """Whether ``path`` is a task-vector file written by speechmerge (dense, compressed or
+    decompressed: its safetensors metadata says so)."""
+    try:
+        with SafetensorsReader(path) as r:
+            meta = r.metadata() or {}
+    except (OSError, ValueError):
+        return False
+    return is_compressed(meta) or "decompressed_from" in meta or {"base", "finetuned"} <= set(meta)
 
 
 def open_task_vector(path: str | os.PathLike[str]) -> SafetensorsReader | CompressedTaskVector:

@@ -6,6 +6,7 @@ its own config entries do (adding a language never changes another language's pa
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 SETTINGS_HELP = {
@@ -112,6 +113,72 @@ def merge_params(config: dict, pairs: list[tuple[str, str]]) -> list[dict]:
     ]
 
 
+def canonicalize(config: dict) -> dict:
+    """Sort the keys of every mapping in ``config``, in place (lists keep their order).
+
+    Snakemake compares a job's params by their ``repr``, in which a dict's key order counts:
+    without this, reordering keys in a YAML file would change every param built from a config
+    section and rerun those jobs and everything downstream. Returns ``config``.
+    """
+    for value in config.values():
+        _canonical_value(value)
+    items = sorted(config.items(), key=lambda kv: str(kv[0]))
+    config.clear()
+    config.update(items)
+    return config
+
+
+def _canonical_value(value: object) -> None:
+    if isinstance(value, dict):
+        canonicalize(value)
+    elif isinstance(value, list):
+        for v in value:
+            _canonical_value(v)
+
+
+def check_config(config: dict) -> None:
+    """What the JSON schema cannot say, checked before any job runs; errors name the key."""
+    check_finite(config)
+    check_bounds(config)
+    check_languages(config)
+
+
+def check_finite(value: object, key: str = "") -> None:
+    """Every number of the config is finite (YAML's .nan and .inf pass the schema's bounds)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_finite(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            check_finite(v, f"{key}.{i}")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"config key '{key}': must be a finite number, got {value!r}")
+
+
+#: The [low, high] ranges of a synthetic domain (corpus.synthetic.domains.<domain>.<key>).
+DOMAIN_RANGES = ("numbers_per_utterance", "rate", "pitch", "snr_db")
+
+
+def check_bounds(config: dict) -> None:
+    """Bounds between keys: ordered ranges, split fractions that leave training texts."""
+    syn = config.get("corpus", {}).get("synthetic")
+    if not syn:
+        return
+    dev, test = syn["dev_fraction"], syn["test_fraction"]
+    if dev + test >= 1:
+        raise ValueError(
+            f"config keys 'corpus.synthetic.dev_fraction' + 'corpus.synthetic.test_fraction' "
+            f"must be below 1 (no texts would be left for training), got {dev} + {test}"
+        )
+    for name, domain in syn["domains"].items():
+        for k in DOMAIN_RANGES:
+            if k in domain and domain[k][0] > domain[k][1]:
+                raise ValueError(
+                    f"config key 'corpus.synthetic.domains.{name}.{k}': [low, high] with "
+                    f"low <= high, got {domain[k]}"
+                )
+
+
 def check_languages(config: dict) -> None:
     """Fail early, naming the key, where the config asks for what the source cannot give."""
     if config["source"] == "synthetic" and config["base"]["source"] == "synthetic":
@@ -175,6 +242,21 @@ def check_covost2(config: dict) -> None:
             )
 
 
+def write_effective_config(config: dict, path: str | Path) -> Path:
+    """Write the config a run actually uses (preset + ``--config`` overrides + schema
+    defaults) as YAML, atomically: what produced the results beside it."""
+    import yaml
+
+    from .atomic import atomic_write_text
+
+    text = (
+        "# The effective config of the last run (written by the workflow at start).\n"
+        + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+    )
+    atomic_write_text(path, text)
+    return Path(path)
+
+
 def load_config(path: str | Path) -> dict:
     """Load a YAML config and validate it against ``schemas/config.schema.yaml`` (defaults
     filled in). Errors name the offending key."""
@@ -196,4 +278,4 @@ def validate_config(config: dict) -> None:
         e = errors[0]
         key = ".".join(map(str, e.absolute_path)) or "(top level)"
         raise ValueError(f"config key '{key}': {e.message}")
-    check_languages(config)
+    check_config(config)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_dir, atomic_write_text
+from .atomic import atomic_dir, atomic_write_text, check_folder
 
 COLUMNS = ["id", "audio", "duration", "sentence", "translation"]
 SPLITS = ["base", "train", "dev", "test"]
@@ -103,13 +103,29 @@ def sample_texts(
     """
     want = "train" if split == "base" else split
     lo, hi = domain.get("numbers_per_utterance", [1, 1])
+    if lo > hi:
+        raise ValueError(f"numbers_per_utterance: [low, high] with low <= high, got {[lo, hi]}")
+    dev, test = cfg["dev_fraction"], cfg["test_fraction"]
+    share = {"train": 1 - dev - test, "dev": dev, "test": test}[want]
+    if share <= 0:
+        raise ValueError(
+            f"corpus.synthetic: dev_fraction ({dev}) and test_fraction ({test}) leave no texts "
+            f"for the {want!r} split"
+        )
     out: list[tuple[int, ...]] = []
     seen: set[tuple[int, ...]] = set()
-    misses = 0
+    misses = other_split = 0
     while len(out) < count:
         k = int(rng.integers(lo, hi + 1))
         seq = tuple(_draw_number(domain["max_number"], rng) for _ in range(k))
-        if text_split(seq, seed, cfg["dev_fraction"], cfg["test_fraction"]) != want:
+        if text_split(seq, seed, dev, test) != want:
+            other_split += 1
+            if other_split > 10_000 * (count + 1):  # a safety net, never a hang
+                raise ValueError(
+                    f"corpus.synthetic: {other_split} drawn texts fell outside the {want!r} "
+                    f"split and only {len(out)} of {count} were found; check dev_fraction "
+                    f"({dev}) and test_fraction ({test})"
+                )
             continue
         if seq in seen and misses < 200 * count:
             misses += 1
@@ -236,6 +252,7 @@ def make_subset(corpus_tsv, out_tsv, hours: float, scale: float, seed: int) -> d
     """Subset one corpus split to `hours * scale` hours; audio paths are rewritten relative to
     the new TSV's folder. Returns a summary (requested/actual seconds, utterances)."""
     corpus_tsv, out_tsv = Path(corpus_tsv), Path(out_tsv)
+    check_folder(corpus_tsv.parent)  # a deleted or truncated clip, named
     rows = read_tsv(corpus_tsv)
     seconds = hours * scale * 3600.0
     available = sum(r.duration for r in rows)

@@ -11,6 +11,7 @@ import sys
 import time
 
 from . import progress
+from .atomic import terminate_on_sigterm
 
 
 @contextlib.contextmanager
@@ -32,7 +33,8 @@ def job_log(path: str | None, threads: int | None = None):
     progress.start_job()
     job = logging.getLogger("speechmerge.job")
     try:
-        yield job
+        with terminate_on_sigterm():  # temp outputs are removed on SIGTERM too
+            yield job
     except BaseException:
         loops = progress.end_job()
         job.exception("job failed after %.1fs%s", time.time() - t0, f" ({loops})" if loops else "")

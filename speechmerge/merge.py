@@ -50,7 +50,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +59,13 @@ import torch
 from torch import Tensor
 
 from . import __version__
+from .atomic import (
+    atomic_write_text,
+    check_output_path,
+    replace_path,
+    temp_path,
+    write_manifest,
+)
 from .prune import (
     count_from_ratio,
     is_prunable,
@@ -82,12 +88,14 @@ from .taskvector import (
 )
 
 __all__ = [
+    "MERGE_RECORD",
     "METHODS",
-    "WEIGHT_FILE_SUFFIXES",
+    "MODEL_FILES",
     "MergeFn",
     "MergeMethod",
     "TaskVectors",
     "get_method",
+    "is_merge_output",
     "merge_models",
     "merge_state_dicts",
     "merge_tensor",
@@ -97,18 +105,6 @@ __all__ = [
 ]
 
 MergeFn = Callable[[str, Tensor, Sequence[Tensor], list[dict[str, Any]], float], Tensor]
-
-#: Files of the base model directory that are *not* copied to the merged model (weights/indices).
-WEIGHT_FILE_SUFFIXES: tuple[str, ...] = (
-    ".safetensors",
-    ".bin",
-    ".index.json",
-    ".pt",
-    ".pth",
-    ".ckpt",
-    ".h5",
-    ".msgpack",
-)
 
 
 @dataclass(frozen=True)
@@ -704,26 +700,57 @@ def merge_state_dicts(
 _RELEASE_ABOVE_BYTES = 32 << 20
 
 
-def _is_weight_file(name: str) -> bool:
-    return name.endswith(WEIGHT_FILE_SUFFIXES)
+#: The files of a Hugging Face Whisper model dir, besides its weights, that a merged model
+#: needs (config, generation config, tokenizer, processor); nothing else is copied.
+MODEL_FILES: tuple[str, ...] = (
+    "config.json",
+    "generation_config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "normalizer.json",
+    "chat_template.json",
+)
+
+#: Written into every merged model dir: the record of the merge, and the marker by which
+#: ``--out`` knows a previous output of this tool (see :func:`is_merge_output`).
+MERGE_RECORD = "merge.json"
 
 
-def _copy_non_weight_files(src_dir: Path, dst_dir: Path) -> list[str]:
-    """Copy config/tokenizer/processor files (everything but weights and hidden entries)."""
+def _copy_model_files(src_dir: Path, dst_dir: Path) -> list[str]:
+    """Copy the base's :data:`MODEL_FILES` that exist: plain files, one level, no folders.
+
+    A listed name that is a symlink is copied as its content only if it points to a regular
+    file inside ``src_dir`` or to a Hugging Face cache blob (``../../blobs/…``, how hub
+    snapshots are laid out); any other symlink is skipped.
+    """
     copied = []
-    for entry in sorted(src_dir.iterdir()):
-        if entry.name.startswith(".") or _is_weight_file(entry.name):
+    for name in MODEL_FILES:
+        src = src_dir / name
+        if src.is_symlink():
+            target = src.resolve()
+            inside = src_dir.resolve() in target.parents or target.parent.name == "blobs"
+            if not (inside and target.is_file()):
+                continue
+        elif not src.is_file():
             continue
-        if entry.is_dir():
-            shutil.copytree(
-                entry,
-                dst_dir / entry.name,
-                ignore=lambda _d, names: [n for n in names if _is_weight_file(n)],
-            )
-        else:
-            shutil.copy2(entry, dst_dir / entry.name)
-        copied.append(entry.name)
-    return copied
+        shutil.copyfile(src, dst_dir / name)
+        copied.append(name)
+    return sorted(copied)
+
+
+def is_merge_output(path: Path) -> bool:
+    """Whether ``path`` is a model dir written by :func:`merge_models` (it has its record)."""
+    try:
+        record = json.loads((path / MERGE_RECORD).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and "speechmerge_version" in record and "method" in record
 
 
 def merge_models(
@@ -734,6 +761,8 @@ def merge_models(
     params: Sequence[Mapping[str, Any]] | Mapping[str, Any] | None = None,
     out_dir: str | os.PathLike[str] = "merged",
     progress: bool = True,
+    force: bool = False,
+    labels: Sequence[str] | None = None,
 ) -> Path:
     """Merge task vectors into the base model and write a Hugging Face model dir at ``out_dir``.
 
@@ -743,11 +772,15 @@ def merge_models(
     tensor one at a time (:class:`TaskVectors`), so peak memory is a few copies of the largest
     tensor (plus small SVD factors), independent of n — not O(n models), nor even O(model).
     Task-vector files may be dense or compressed (:mod:`speechmerge.compress`; they are read
-    as their dense LoRS(τ), so merge them with ``ta`` to get LoRS-Merging). Copies all non-weight files of ``base_dir`` (config,
-    generation config, tokenizer, processor) and writes ``merge.json`` (method, λ, per-τ params,
-    inputs). The output is built in a temp dir next to ``out_dir`` and moved into place at the
-    end (replacing an existing ``out_dir``); on any error nothing is written at ``out_dir``.
-    Errors name the file and the tensor. Returns ``out_dir``.
+    as their dense LoRS(τ), so merge them with ``ta`` to get LoRS-Merging). Copies the base's
+    :data:`MODEL_FILES` (config, generation config, tokenizer, processor) and writes
+    ``merge.json`` (method, λ, per-τ params, inputs: ``labels`` if given, e.g. the fine-tuned
+    dirs whose task vectors were computed into a temp dir, else the task-vector paths).
+
+    The output is built in a temp dir next to ``out_dir`` and moved into place at the end; on
+    any error nothing is written at ``out_dir``. An existing ``out_dir`` is replaced only if it
+    is a previous merge output (it has ``merge.json``) or with ``force``; anything else raises
+    FileExistsError. Errors name the file and the tensor. Returns ``out_dir``.
     """
     m = get_method(method)
     lam = _check_lam(lam)
@@ -757,16 +790,19 @@ def merge_models(
     if not tv_paths:
         raise ValueError("need at least one task vector")
     plist = normalize_params(m, len(tv_paths), params)
+    names = [str(p) for p in tv_paths] if labels is None else [str(x) for x in labels]
+    if len(names) != len(tv_paths):
+        raise ValueError(f"{len(names)} labels for {len(tv_paths)} task vectors")
     base_file = model_weights_path(base_dir)
     out_res = out_dir.resolve()
     for p in [base_dir, *tv_paths]:
         pr = p.resolve()
         if pr == out_res or out_res in pr.parents:
             raise ValueError(f"out_dir {out_dir} would overwrite the input {p}")
+    check_output_path(out_dir, is_merge_output, force=force, what="out_dir")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     keep_freed_memory()
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    tmp = temp_path(out_dir, directory=True)
     try:
         tv_meta: list[dict[str, str]] = []
         with SafetensorsReader(base_file) as fb, open_task_vectors(tv_paths) as tvs:
@@ -823,26 +859,21 @@ def merge_models(
                 progress=progress,
                 desc=f"merge[{m.name}]",
             )
-        copied = _copy_non_weight_files(base_dir, tmp)
+        copied = _copy_model_files(base_dir, tmp)
         record = {
             "method": m.name,
             "lambda": lam,
             "base": str(base_dir),
             "taskvectors": [
-                {"path": str(p), "params": prm, "metadata": meta}
-                for p, prm, meta in zip(tv_paths, plist, tv_meta, strict=True)
+                {"path": name, "params": prm, "metadata": meta}
+                for name, prm, meta in zip(names, plist, tv_meta, strict=True)
             ],
             "copied_files": copied,
             "speechmerge_version": __version__,
         }
-        (tmp / "merge.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-        if out_dir.exists() or out_dir.is_symlink():
-            trash = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
-            os.replace(out_dir, trash / "old")
-            os.replace(tmp, out_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        atomic_write_text(tmp / MERGE_RECORD, json.dumps(record, indent=2, default=str) + "\n")
+        write_manifest(tmp)
+        replace_path(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

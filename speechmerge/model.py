@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .atomic import atomic_dir
+from .atomic import atomic_dir, check_folder
 
 # Whisper's special tokens, in Whisper's order (language tokens in the middle).
 SOT = "<|startoftranscript|>"
@@ -155,6 +155,8 @@ def load_pretrained(name_or_path: str, device: str | None = None):
     path = Path(name_or_path)
     if path.exists() and not (path / "config.json").exists():
         raise FileNotFoundError(f"{path}: not a Hugging Face model dir (no config.json)")
+    if path.is_dir():
+        check_folder(path)
     processor = WhisperProcessor.from_pretrained(name_or_path)
     try:  # PyTorch's fused scaled-dot-product attention (flash / memory-efficient on GPUs)
         model = WhisperForConditionalGeneration.from_pretrained(

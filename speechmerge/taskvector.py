@@ -24,7 +24,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -34,6 +33,8 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
+from .atomic import atomic_file, check_folder
+
 __all__ = [
     "WEIGHTS_NAME",
     "SafetensorsReader",
@@ -41,6 +42,7 @@ __all__ = [
     "all_finite",
     "atomic_save_file",
     "atomic_save_streaming",
+    "check_task_vector_metadata",
     "compute_task_vector",
     "keep_freed_memory",
     "model_weights_path",
@@ -281,34 +283,44 @@ def atomic_save_streaming(
         offset += n
     hbytes = json.dumps(header, separators=(",", ":")).encode()
     hbytes += b" " * (-len(hbytes) % 8)  # align the data section to 8 bytes, like safetensors
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(len(hbytes).to_bytes(8, "little"))
-            f.write(hbytes)
-            for name, dtype, shape in tqdm(
-                specs, desc=desc, unit="tensor", file=sys.stderr, disable=not progress
-            ):
-                t = produce(name)
-                if t.dtype != dtype or tuple(t.shape) != tuple(shape):
-                    raise RuntimeError(
-                        f"tensor {name!r}: produced {t.dtype} {tuple(t.shape)}, "
-                        f"expected {dtype} {tuple(shape)}"
-                    )
-                if t.numel():
-                    f.write(
-                        memoryview(
-                            t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-                        )
-                    )
-                del t
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        f.write(len(hbytes).to_bytes(8, "little"))
+        f.write(hbytes)
+        for name, dtype, shape in tqdm(
+            specs, desc=desc, unit="tensor", file=sys.stderr, disable=not progress
+        ):
+            t = produce(name)
+            if t.dtype != dtype or tuple(t.shape) != tuple(shape):
+                raise RuntimeError(
+                    f"tensor {name!r}: produced {t.dtype} {tuple(t.shape)}, "
+                    f"expected {dtype} {tuple(shape)}"
+                )
+            if t.numel():
+                f.write(
+                    memoryview(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+                )
+            del t
     return path
+
+
+def check_task_vector_metadata(path: str | os.PathLike[str], meta: dict[str, str] | None) -> None:
+    """Refuse a file that is a model's weights, not a task vector.
+
+    Task-vector files written here say so in their metadata (dense ones carry ``base`` and
+    ``finetuned``, compressed ones ``speechmerge_format``, decompressed ones
+    ``decompressed_from``); files without metadata are taken as hand-made task vectors. A file whose metadata marks neither but has a ``format`` key (what
+    ``save_pretrained`` writes) is a model's weights: merging it as τ would add the whole
+    model to the base.
+    """
+    meta = meta or {}
+    if "speechmerge_format" in meta or {"base", "finetuned"} <= set(meta):
+        return
+    if "decompressed_from" in meta or not meta:
+        return
+    raise ValueError(
+        f"{path} is not a task-vector file (its metadata {meta} is that of a model's weights); "
+        "pass the fine-tuned model directory (--finetuned DIR) to compute its task vector"
+    )
 
 
 def model_weights_path(model_dir: str | os.PathLike[str]) -> Path:
@@ -317,6 +329,7 @@ def model_weights_path(model_dir: str | os.PathLike[str]) -> Path:
     Raises NotImplementedError for sharded checkpoints and FileNotFoundError if there is none.
     """
     d = Path(model_dir)
+    check_folder(d)
     p = d / WEIGHTS_NAME
     if p.is_file():
         return p
@@ -338,17 +351,8 @@ def atomic_save_file(
     tensors: dict[str, Tensor], path: str | os.PathLike[str], metadata: dict[str, str] | None
 ) -> None:
     """Write a safetensors file atomically (temp file in the same directory + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def compute_task_vector(
@@ -420,5 +424,7 @@ def open_task_vectors(paths: Sequence[str | os.PathLike[str]]) -> Iterator[list[
         for p in paths:
             if not Path(p).is_file():
                 raise FileNotFoundError(f"task vector file not found: {p}")
-            handles.append(stack.enter_context(open_task_vector(p)))
+            h = stack.enter_context(open_task_vector(p))
+            check_task_vector_metadata(p, h.metadata())
+            handles.append(h)
         yield handles

@@ -23,3 +23,12 @@ ARCH_TINY = {
 @pytest.fixture
 def arch_tiny() -> dict:
     return dict(ARCH_TINY)
+
+
+def reversed_keys(value):
+    """The same config with every mapping's keys in reverse order (for rerun checks)."""
+    if isinstance(value, dict):
+        return {k: reversed_keys(v) for k, v in reversed(list(value.items()))}
+    if isinstance(value, list):
+        return [reversed_keys(v) for v in value]
+    return value

@@ -193,3 +193,33 @@ def test_helpers_read_only_their_own_entries(smoke):
     smoke["merge"]["rank_ratio"]["es-asr"] = 0.2
     after = merge_params(smoke, [("ca", "asr")]), finetune_hparams(smoke, "ca", "asr")
     assert before == after
+
+
+# ------------------------------------------- bounds the code needs (issue 14, items 3 and 5)
+
+
+@pytest.mark.parametrize("key", ["rank_ratio", "keep_ratio"])
+def test_per_pair_ratio_above_one(smoke, key):
+    smoke["merge"][key]["ca-asr"] = 5
+    raises(smoke, f"merge.{key}.ca-asr", "5")
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [("numbers_per_utterance", [4, 2]), ("rate", [220, 190]), ("snr_db", [25, 15])],
+)
+def test_ranges_are_ordered(smoke, key, value):
+    smoke["corpus"]["synthetic"]["domains"]["target"][key] = value
+    raises(smoke, f"corpus.synthetic.domains.target.{key}", "low <= high")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_lambda_must_be_finite(smoke, value):
+    smoke["merge"]["lambda"]["mt"] = value
+    raises(smoke, "merge.lambda.mt", "finite")
+
+
+def test_split_fractions_leave_training_texts(smoke):
+    smoke["corpus"]["synthetic"]["dev_fraction"] = 0.6
+    smoke["corpus"]["synthetic"]["test_fraction"] = 0.6
+    raises(smoke, "dev_fraction", "test_fraction", "below 1")

@@ -428,3 +428,41 @@ def test_load_audio_names_missing_file(tmp_path):
     row = Utterance("u1", "clips/missing.flac", 1.0, "un", "one")
     with pytest.raises(ValueError, match="missing.flac"):
         load_audio(tmp_path / "t.tsv", row)
+
+
+def test_sampling_fails_instead_of_hanging():
+    """Fractions that leave a split no texts, or a text space none of whose texts is in the
+    split, end in an error naming the keys (they looped forever)."""
+    import signal
+
+    def timeout(*_):
+        raise TimeoutError("sample_texts hangs")
+
+    old = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(60)
+    try:
+        with pytest.raises(ValueError, match="dev_fraction"):
+            sample_texts("train", 5, {"max_number": 9}, {"dev_fraction": 0.6,
+                         "test_fraction": 0.6}, 7, np.random.default_rng(0))  # fmt: skip
+        only = next(s for s in ("train", "dev", "test") if s != text_split((0,), 7, 0.1, 0.2))
+        with pytest.raises(ValueError, match="fell outside"):  # one text (0,), another split
+            sample_texts(only, 1, {"max_number": 0}, {"dev_fraction": 0.1,
+                         "test_fraction": 0.2}, 7, np.random.default_rng(0))  # fmt: skip
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_subset_refuses_a_damaged_corpus(tmp_path):
+    """A corpus folder whose clip was truncated after it was written (its manifest says
+    otherwise): the subset job names the clip instead of using it."""
+    from speechmerge.atomic import atomic_dir
+
+    corpus = tmp_path / "corpus"
+    with atomic_dir(corpus) as tmp:
+        (tmp / "clips").mkdir()
+        (tmp / "clips" / "a.flac").write_bytes(b"x" * 100)
+        write_tsv([Utterance("a", "clips/a.flac", 1.0, "one", "one")], tmp / "train.tsv")
+    (corpus / "clips" / "a.flac").write_bytes(b"x" * 10)
+    with pytest.raises(ValueError, match="a.flac"):
+        make_subset(corpus / "train.tsv", tmp_path / "sub.tsv", 1 / 3600, 1.0, 0)

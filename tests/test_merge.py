@@ -190,6 +190,17 @@ def write_model(d: Path, sd: dict[str, torch.Tensor], extra_files: bool = True) 
     return d
 
 
+#: What a merge of a :func:`write_model` base holds: its model files (not the stale .bin).
+MERGED_FILES = {
+    "model.safetensors",
+    "config.json",
+    "tokenizer.json",
+    "preprocessor_config.json",
+    "merge.json",
+    "speechmerge-manifest.json",
+}
+
+
 @pytest.fixture
 def model_dirs(tmp_path: Path, three):
     base, fts, _ = three
@@ -266,13 +277,7 @@ def test_merge_models_matches_in_memory(
     ref = merge_state_dicts(base, tvs[:2], method, lam=0.6, params=params)
     assert_sd_close(load_file(out / "model.safetensors"), ref)
     names = {p.name for p in out.iterdir()}
-    assert names == {
-        "model.safetensors",
-        "config.json",
-        "tokenizer.json",
-        "preprocessor_config.json",
-        "merge.json",
-    }
+    assert names == MERGED_FILES
     assert (out / "config.json").read_text() == (base_dir / "config.json").read_text()
     rec = json.loads((out / "merge.json").read_text())
     assert rec["method"] == method and rec["lambda"] == 0.6
@@ -284,15 +289,48 @@ def test_merge_models_matches_in_memory(
     assert sorted(p.name for p in out.parent.iterdir()) == ["merged"]  # no temp leftovers
 
 
-def test_merge_models_replaces_existing(tmp_path: Path, model_dirs) -> None:
+def test_merge_models_replaces_only_its_own_output(tmp_path: Path, model_dirs) -> None:
     base_dir, tv_paths = model_dirs
     out = tmp_path / "merged"
-    out.mkdir()
-    (out / "stale.txt").write_text("x")
     merge_models(base_dir, tv_paths, "ta", lam=0.2, out_dir=out, progress=False)
-    assert not (out / "stale.txt").exists()
-    assert (out / "model.safetensors").is_file()
+    (out / "stale.txt").write_text("x")
+    merge_models(base_dir, tv_paths, "ta", lam=0.3, out_dir=out, progress=False)  # a previous
+    assert not (out / "stale.txt").exists()  # merge output (merge.json): replaced
+    assert json.loads((out / "merge.json").read_text())["lambda"] == 0.3
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_merge_models_refuses_a_users_folder(tmp_path: Path, model_dirs) -> None:
+    base_dir, tv_paths = model_dirs
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "thesis.tex").write_text("mine")
+    with pytest.raises(FileExistsError, match="not an output of speechmerge"):
+        merge_models(base_dir, tv_paths, "ta", lam=0.2, out_dir=out, progress=False)
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    merge_models(base_dir, tv_paths, "ta", lam=0.2, out_dir=out, progress=False, force=True)
+    assert not (out / "thesis.tex").exists() and (out / "model.safetensors").is_file()
+
+
+def test_merge_models_copies_only_model_files(tmp_path: Path, model_dirs) -> None:
+    """Not folders (checkpoint-500/), not other files, not symlinks to elsewhere."""
+    base_dir, tv_paths = model_dirs
+    (base_dir / "checkpoint-500").mkdir()
+    (base_dir / "checkpoint-500" / "optimizer.pt").write_bytes(b"x" * 100)
+    (base_dir / "notes.txt").write_text("n")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("password")
+    (base_dir / "vocab.json").symlink_to(secret)
+    out = tmp_path / "merged"
+    merge_models(base_dir, tv_paths, "ta", lam=0.2, out_dir=out, progress=False)
+    names = {p.name for p in out.iterdir()}
+    assert names == MERGED_FILES
+    assert json.loads((out / "merge.json").read_text())["copied_files"] == [
+        "config.json",
+        "preprocessor_config.json",
+        "tokenizer.json",
+    ]
 
 
 @pytest.mark.parametrize("kind", ["nan", "shape", "missing"])
@@ -322,11 +360,11 @@ def test_merge_models_bad_task_vector(tmp_path: Path, model_dirs, kind: str) -> 
     assert name in str(ei.value) and str(bad) in str(ei.value)
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
-    # an existing output is left untouched on error
+    # an existing output is left untouched on error (even one --force would replace)
     out.mkdir()
     (out / "keep.txt").write_text("x")
     with pytest.raises(ValueError):
-        merge_models(base_dir, [bad], "ta", 1.0, out_dir=out, progress=False)
+        merge_models(base_dir, [bad], "ta", 1.0, out_dir=out, progress=False, force=True)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
@@ -395,3 +433,19 @@ def test_tiny_whisper_end_to_end(tmp_path: Path) -> None:
         progress=False,
     )
     WhisperForConditionalGeneration.from_pretrained(out2)
+
+
+def test_damaged_model_folder_is_refused(tmp_path: Path, model_dirs) -> None:
+    """A merged model (with its manifest) whose weights were truncated is refused as an input,
+    naming the file, where Snakemake would take the folder as complete."""
+    base_dir, tv_paths = model_dirs
+    out = tmp_path / "merged"
+    merge_models(base_dir, tv_paths, "ta", lam=0.2, out_dir=out, progress=False)
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])
+    with pytest.raises(ValueError, match="damaged output folder") as ei:
+        compute_task_vector(base_dir, out, tmp_path / "tv.safetensors")
+    assert str(weights) in str(ei.value)
+    weights.unlink()
+    with pytest.raises(ValueError, match="missing"):
+        compute_task_vector(base_dir, out, tmp_path / "tv.safetensors")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import reversed_keys
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -260,6 +261,15 @@ def test_smoke_rerun_is_noop(smoke_run: Path):
     res = snakemake(smoke_run, "-n", "--configfile", str(REPO / "configs/smoke.yaml"))
     assert res.returncode == 0, res.stderr
     assert "Nothing to be done" in res.stdout + res.stderr
+
+
+def test_reordering_config_keys_reruns_nothing(smoke_run: Path, tmp_path: Path):
+    config = yaml.safe_load((REPO / "configs/smoke.yaml").read_text())
+    shuffled = tmp_path / "shuffled.yaml"
+    shuffled.write_text(yaml.safe_dump(reversed_keys(config), sort_keys=False))
+    res = snakemake(smoke_run, "-n", "--configfile", str(shuffled))
+    assert res.returncode == 0, res.stderr
+    assert "Nothing to be done" in res.stdout + res.stderr, res.stdout[-3000:]
 
 
 def planned_jobs(stdout: str) -> list[tuple[str, dict[str, str]]]:
