@@ -5,6 +5,8 @@ from speechmerge import select as smselect
 smstudy.check_study(config)
 
 SELECT = config["merge"].get("select")
+if SELECT is not None:  # merge.rounding: paper reaches the dev merges too
+    SELECT = {**SELECT, **smcfg.rounding_params(config)}
 
 
 def tv_selection(lang, task):

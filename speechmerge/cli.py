@@ -23,6 +23,7 @@ from typing import Any
 from . import __version__
 from .atomic import check_output_path, temp_path, terminate_on_sigterm
 from .merge import METHODS, get_method, is_merge_output, merge_models
+from .prune import ROUNDINGS
 
 __all__ = ["build_parser", "main"]
 
@@ -53,13 +54,19 @@ PARAM_BOUNDS: dict[str, tuple[float, bool, float, bool]] = {
     "common_fraction": (0.0, True, 1.0, True),
 }
 #: Every key a method reads from its parameters (--param and --model-params accept only these).
-KNOWN_PARAMS = (*PARAM_OPTIONS, "exact")
+KNOWN_PARAMS = (*PARAM_OPTIONS, "exact", "rounding")
 
 
 def _check_param(key: str, value: Any, what: str) -> None:
     """Refuse an unknown key (a typo) or a value out of its range, naming both."""
     if key not in KNOWN_PARAMS:
         raise ValueError(f"{what}: unknown parameter {key!r}; known: {', '.join(KNOWN_PARAMS)}")
+    if key == "rounding":
+        if value not in ROUNDINGS:
+            raise ValueError(
+                f"{what}: rounding must be one of {', '.join(ROUNDINGS)}, got {value!r}"
+            )
+        return
     kind = "a boolean" if key == "exact" else "an integer" if key == "seed" else "a number"
     types: tuple[type, ...] = (
         (bool,) if key == "exact" else (int,) if key == "seed" else (int, float)
@@ -201,6 +208,19 @@ def build_parser() -> argparse.ArgumentParser:
         "ranks, see speechmerge.prune.svp)",
     )
     m.add_argument(
+        "--rounding",
+        choices=ROUNDINGS,
+        default=None,
+        help="rank/count rounding of mp, svp and lors: ceil (default: max(1, ceil(r min(d,k))) "
+        "singular values, round(p n) entries) or paper (the LoRS-Merging authors' code: "
+        "int(r min(d,k)), rank 0 allowed, int(p n), exact SVD everywhere)",
+    )
+    m.add_argument(
+        "--paper-exact",
+        action="store_true",
+        help="same as --rounding paper: reproduce the authors' LoRS/SVP/MP (implies --exact-svd)",
+    )
+    m.add_argument(
         "--work-dir",
         metavar="DIR",
         default=None,
@@ -317,6 +337,10 @@ def _merge_params(args: argparse.Namespace, inputs: list[str]) -> list[dict[str,
         shared.update(kv)
     if args.exact_svd:
         shared["exact"] = True
+    if args.paper_exact and args.rounding not in (None, "paper"):
+        raise ValueError("--paper-exact contradicts --rounding " + args.rounding)
+    if args.paper_exact or args.rounding == "paper":
+        shared["rounding"] = "paper"
     plist = [dict(shared) for _ in inputs]
     resolved = [Path(p).resolve() for p in inputs]
     for spec in args.model_params:

@@ -93,6 +93,16 @@ def merge_lambda(config: dict, setting: str) -> float:
 METHOD_PARAM_SECTIONS = ("ties", "dare", "tsvm", "iso_cts", "cart")
 
 
+def rounding_params(config: dict) -> dict:
+    """``{"rounding": "paper"}`` when ``merge.rounding`` is ``paper``, else ``{}``.
+
+    The default ``ceil`` is left out of the parameters, so the params of every job stay what
+    they were before the key existed (no reruns of existing results).
+    """
+    rounding = config["merge"].get("rounding", "ceil")
+    return {} if rounding == "ceil" else {"rounding": rounding}
+
+
 def merge_params(config: dict, pairs: list[tuple[str, str]]) -> list[dict]:
     """Each task vector's own (rank_ratio, keep_ratio), in the order of `pairs`.
 
@@ -100,6 +110,7 @@ def merge_params(config: dict, pairs: list[tuple[str, str]]) -> list[dict]:
     ``merge.iso_cts``, ``merge.cart``) are added to every dict under the method's name, e.g.
     ``{"rank_ratio": 0.05, "keep_ratio": 0.4, "ties": {"keep_ratio": 0.2}}``; the merge
     methods read their own section first (``speechmerge.merge.method_param``).
+    ``merge.rounding: paper`` adds ``"rounding": "paper"`` (:func:`rounding_params`).
     """
     m = config["merge"]
     sections = {k: dict(m[k]) for k in METHOD_PARAM_SECTIONS if m.get(k)}
@@ -108,6 +119,7 @@ def merge_params(config: dict, pairs: list[tuple[str, str]]) -> list[dict]:
             "rank_ratio": per_combination(m["rank_ratio"], lang, task),
             "keep_ratio": per_combination(m["keep_ratio"], lang, task),
             **{k: dict(v) for k, v in sections.items()},
+            **rounding_params(config),
         }
         for lang, task in pairs
     ]

@@ -40,6 +40,12 @@ method's own section ``params[i][method][key]`` (how the workflow config's ``mer
 keys arrive, see :func:`speechmerge.config.merge_params`), then from the flat
 ``params[i][key]`` (library / CLI use), then the method's default. Parameters that are global
 to a merge (``seed``, ``common_fraction``) are read from ``params[0]``.
+
+Two flat keys steer every SVD and rounding: ``exact`` (True: the exact SVD; default None:
+seeded randomized for small ranks of large matrices) reaches every method that takes a
+truncated SVD (svp, lors, cart, tsvm, iso_cts; iso_c and the whitening take full SVDs anyway);
+``rounding`` (``"ceil"``, the default, or ``"paper"``) is the rank/count rounding of mp, svp
+and lors (:mod:`speechmerge.prune`, "Rounding") and implies ``exact`` for every method.
 """
 
 from __future__ import annotations
@@ -67,12 +73,14 @@ from .atomic import (
     write_manifest,
 )
 from .prune import (
+    check_rounding,
     count_from_ratio,
     is_prunable,
     keep_selection,
     lors_dense,
     magnitude_prune,
     svd_device,
+    svd_exact,
     svp,
     topk_selection,
     truncated_svd,
@@ -258,13 +266,24 @@ def task_arithmetic(
     return _task_arithmetic(name, base, taskvectors, params, lam)
 
 
+def _exact(p: Mapping[str, Any]) -> bool | None:
+    """The ``exact`` of an SVD for the task vector with parameters ``p`` (see the module
+    docstring): True under ``rounding="paper"``, else ``p["exact"]`` (default None)."""
+    return svd_exact(p.get("exact"), p.get("rounding"))
+
+
 @register("mp", required_params=("keep_ratio",), default_lambda=0.3)
 def mp_merging(
     name: str, base: Tensor, taskvectors: Sequence[Tensor], params: list[dict[str, Any]], lam: float
 ) -> Tensor:
     """MP-Merging: θ0 + λ Σ MP(τ_i, p_i) (eqs. 1-2)."""
     return _task_arithmetic(
-        name, base, taskvectors, params, lam, lambda t, p: magnitude_prune(t, p["keep_ratio"])
+        name,
+        base,
+        taskvectors,
+        params,
+        lam,
+        lambda t, p: magnitude_prune(t, p["keep_ratio"], p.get("rounding")),
     )
 
 
@@ -279,7 +298,7 @@ def svp_merging(
         taskvectors,
         params,
         lam,
-        lambda t, p: svp(t, p["rank_ratio"], exact=p.get("exact")),
+        lambda t, p: svp(t, p["rank_ratio"], exact=_exact(p), rounding=p.get("rounding")),
     )
 
 
@@ -294,7 +313,9 @@ def lors_merging(
         taskvectors,
         params,
         lam,
-        lambda t, p: lors_dense(t, p["rank_ratio"], p["keep_ratio"], exact=p.get("exact")),
+        lambda t, p: lors_dense(
+            t, p["rank_ratio"], p["keep_ratio"], exact=_exact(p), rounding=p.get("rounding")
+        ),
     )
 
 
@@ -463,7 +484,8 @@ def tsv_merging(
     default 1/n, the paper's choice); ``U = [U_1 … U_n]``, ``Σ = diag(Σ_1 … Σ_n)``,
     ``V = [V_1 … V_n]``; whiten ``U_⊥ = P Qᵀ`` from ``U = P S Qᵀ`` (same for V); merged
     ``θ0 + λ U_⊥ Σ V_⊥ᵀ``. Non-matrix tensors (and embeddings): ``θ0 + λ mean_i τ_i``.
-    The per-task SVD is the seeded randomized one when ``k_i <= min(d, k)/4``.
+    The per-task SVD is the seeded randomized one when ``k_i <= min(d, k)/4``, unless
+    ``exact`` (or ``rounding="paper"``) is set for that task vector.
     """
     n = len(taskvectors)
     if not _is_matrix(name, base):
@@ -471,7 +493,9 @@ def tsv_merging(
     us, ss, vs = [], [], []
     for i in range(n):
         frac = _ratio_param(params[i], "tsvm", "rank_fraction", 1.0 / n, i)
-        u, s, v = truncated_svd(taskvectors[i], tsvm_rank(base.shape, frac))
+        u, s, v = truncated_svd(
+            taskvectors[i], tsvm_rank(base.shape, frac), exact=_exact(params[i])
+        )
         us.append(u)
         ss.append(s)
         vs.append(v)
@@ -543,7 +567,7 @@ def iso_cts_merging(
             tv = taskvectors[i]
             resid = tv - uc @ (uc.T @ tv)
             del tv
-            ut, st, vt = truncated_svd(resid, ks)
+            ut, st, vt = truncated_svd(resid, ks, exact=_exact(params[i]))
             del resid
             us_.append(ut)
             ss_.append(st)
@@ -575,7 +599,7 @@ def cart_merging(
     total = _sum(
         base,
         taskvectors,
-        lambda i, tv: svp(tv - mean, ratios[i], exact=params[i].get("exact")),
+        lambda i, tv: svp(tv - mean, ratios[i], exact=_exact(params[i])),
     )
     return (base + mean).add_(total, alpha=lam)
 
@@ -603,6 +627,11 @@ def normalize_params(
         for key in m.required_params:
             if key not in p:
                 raise ValueError(f"merge method {m.name!r} needs {key!r} in params[{i}]: {p}")
+        if "rounding" in p:
+            try:
+                check_rounding(p["rounding"])
+            except ValueError as e:
+                raise ValueError(f"params[{i}]: {e}") from None
         for key in ("rank_ratio", "keep_ratio"):
             if key in p:
                 v = float(p[key])

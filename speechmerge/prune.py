@@ -19,6 +19,21 @@ Ratios
 ------
 ``keep_ratio`` (p) is the fraction of entries kept by MP; ``rank_ratio`` is the fraction of
 ``min(d, k)`` singular values kept by SVP (the paper's "proportion of low-rank parameters").
+
+Rounding (``rounding=``, config ``merge.rounding``, CLI ``--paper-exact``)
+-------------------------------------------------------------------------
+* ``"ceil"`` (default): ``r = max(1, ceil(rank_ratio · min(d, k)))`` and
+  ``k = round(keep_ratio · n)``; the SVD is the seeded randomized one for small ranks of large
+  matrices (``exact=None``). Why the default: a positive ratio never rounds to rank 0 (a
+  "1 %" SVP of a 64-wide matrix keeps one direction instead of silently becoming MP), the
+  count is the nearest to the stated fraction, and the randomized SVD makes LoRS on
+  whisper-small affordable on CPU.
+* ``"paper"``: the authors' LoRS-Merging code where it is defined: ``r = int(rank_ratio ·
+  min(d, k))`` (floor; rank 0 allowed, then SVP(τ) = 0 and LoRS(τ) = MP(τ), pure magnitude
+  pruning), ``k = int(keep_ratio · n)`` (floor), and always the exact ``torch.linalg.svd``.
+  The product is floored as a Python float, float noise included (``int(0.29 · 100) = 28``),
+  as ``int()`` does there. The prunable tensors are the same in both modes
+  (:func:`is_prunable`).
 """
 
 from __future__ import annotations
@@ -30,6 +45,8 @@ from torch import Tensor
 
 __all__ = [
     "NON_PRUNABLE_SUBSTRINGS",
+    "ROUNDINGS",
+    "check_rounding",
     "count_from_ratio",
     "is_prunable",
     "keep_selection",
@@ -39,6 +56,7 @@ __all__ = [
     "mask_from_selection",
     "rank_from_ratio",
     "svd_device",
+    "svd_exact",
     "svp",
     "svp_factors",
     "topk_mask",
@@ -54,6 +72,9 @@ NON_PRUNABLE_SUBSTRINGS: tuple[str, ...] = (
     "proj_out",
     "lm_head",
 )
+
+#: Values of ``rounding`` (see the module docstring); the first is the default.
+ROUNDINGS: tuple[str, ...] = ("ceil", "paper")
 
 # Randomized SVD settings (used only for small ranks of large matrices, see `svp`).
 _LOWRANK_MAX_FRACTION = 0.25
@@ -90,25 +111,49 @@ def _check_ratio(ratio: float, what: str) -> float:
     return ratio
 
 
-def rank_from_ratio(shape: tuple[int, ...] | torch.Size, ratio: float) -> int:
-    """Rank r kept by SVP (eq. 4): ``r = max(1, ceil(ratio * min(d, k)))``, clipped to min(d, k)."""
+def check_rounding(rounding: str | None) -> str:
+    """``rounding`` validated (None means the default ``"ceil"``); ValueError naming the
+    allowed values otherwise."""
+    if rounding is None:
+        return ROUNDINGS[0]
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
+    return rounding
+
+
+def svd_exact(exact: bool | None, rounding: str | None) -> bool | None:
+    """The ``exact`` an SVD runs with: always True under ``rounding="paper"`` (the authors
+    take the exact SVD), else ``exact`` as given (None: randomized for small ranks)."""
+    return True if check_rounding(rounding) == "paper" else exact
+
+
+def rank_from_ratio(
+    shape: tuple[int, ...] | torch.Size, ratio: float, rounding: str | None = None
+) -> int:
+    """Rank r kept by SVP (eq. 4): ``r = max(1, ceil(ratio * min(d, k)))``, clipped to min(d, k);
+    with ``rounding="paper"`` ``r = int(ratio * min(d, k))`` (floor, 0 allowed)."""
     ratio = _check_ratio(ratio, "rank_ratio")
     if len(shape) != 2:
         raise ValueError(f"SVP needs a 2-D matrix, got shape {tuple(shape)}")
     m = min(int(shape[0]), int(shape[1]))
     if m == 0:
         return 0
+    if check_rounding(rounding) == "paper":
+        return min(int(ratio * m), m)
     # round() guards against float noise such as 0.03 * 100 = 3.0000000000000004.
     r = max(1, math.ceil(round(ratio * m, 9)))
     return min(r, m)
 
 
-def count_from_ratio(numel: int, ratio: float) -> int:
+def count_from_ratio(numel: int, ratio: float, rounding: str | None = None) -> int:
     """Number of entries k kept by MP (eq. 1, "top p%"): ``round(ratio * numel)`` in [0, numel].
 
-    Rounds half up (not banker's rounding); ratio 1.0 keeps every entry.
+    Rounds half up (not banker's rounding); ratio 1.0 keeps every entry. With
+    ``rounding="paper"``: ``int(ratio * numel)`` (floor).
     """
     ratio = _check_ratio(ratio, "keep_ratio")
+    if check_rounding(rounding) == "paper":
+        return max(0, min(int(numel), int(ratio * numel)))
     k = math.floor(round(ratio * numel, 9) + 0.5)
     return max(0, min(int(numel), k))
 
@@ -232,17 +277,17 @@ def topk_mask(a: Tensor, k: int) -> Tensor:
     return mask_from_selection(flat, topk_selection(flat, k)).reshape(a.shape)
 
 
-def magnitude_prune(t: Tensor, keep_ratio: float) -> Tensor:
+def magnitude_prune(t: Tensor, keep_ratio: float, rounding: str | None = None) -> Tensor:
     """Magnitude Pruning, eqs. (1)-(2): ``M ⊙ W`` with M selecting the top-k entries by |w|.
 
-    Exactly ``k = count_from_ratio(t.numel(), keep_ratio)`` entries survive (ties at the k-th
+    Exactly ``k = count_from_ratio(t.numel(), keep_ratio, rounding)`` entries survive (ties at the k-th
     largest magnitude go to the lowest flat indices, :func:`topk_mask`); all others are set to
     zero. Non-float tensors are returned unchanged (copy). See :func:`keep_selection`.
     """
     if not t.is_floating_point():
         return t.clone()
     n = t.numel()
-    k = count_from_ratio(n, keep_ratio)
+    k = count_from_ratio(n, keep_ratio, rounding)
     if k >= n:
         return t.clone()
     if k == 0:
@@ -373,24 +418,34 @@ def truncated_svd(a: Tensor, r: int, exact: bool | None = None) -> tuple[Tensor,
 
 
 def svp_factors(
-    t: Tensor, rank_ratio: float, exact: bool | None = None
+    t: Tensor, rank_ratio: float, exact: bool | None = None, rounding: str | None = None
 ) -> tuple[Tensor, Tensor] | None:
     """Factors of SVP (eqs. 3-4): ``(U_r Σ_r, V_r)`` with ``SVP(t) = (U_r Σ_r) V_r^T``.
 
     ``U_r Σ_r`` is ``d x r`` and ``V_r`` is ``k x r``, both in the work dtype (float32, or
     float64 for float64 input) on ``t``'s device. Returns None when no truncation happens
-    (``r = min(d, k)``: SVP is the identity). See :func:`svp` for ``exact`` and the accuracy of
-    the randomized path.
+    (``r = min(d, k)``: SVP is the identity); ``r = 0`` (``rounding="paper"`` only) gives
+    ``d x 0`` and ``k x 0`` factors (SVP(t) = 0) without an SVD. See :func:`svp` for ``exact``
+    and the accuracy of the randomized path; ``rounding="paper"`` implies ``exact=True``.
     """
-    r = rank_from_ratio(t.shape, rank_ratio)
+    r = rank_from_ratio(t.shape, rank_ratio, rounding)
     if r >= min(t.shape):
         return None
-    u, s, v = truncated_svd(t, r, exact=exact)
+    wd = _work_dtype(t)
+    if r == 0:
+        d, k = t.shape
+        return t.new_zeros((d, 0), dtype=wd), t.new_zeros((k, 0), dtype=wd)
+    u, s, v = truncated_svd(t, r, exact=svd_exact(exact, rounding))
     return (u * s).contiguous(), v.contiguous()
 
 
-def svp(t: Tensor, rank_ratio: float, exact: bool | None = None) -> Tensor:
+def svp(
+    t: Tensor, rank_ratio: float, exact: bool | None = None, rounding: str | None = None
+) -> Tensor:
     """Singular Value Pruning, eqs. (3)-(4): ``U_r Σ_r V_r^T`` with ``r = rank_from_ratio``.
+
+    ``rounding="paper"``: floor rank (0 allowed: SVP(t) = 0) and the exact SVD, as the
+    authors' code (module docstring).
 
     Computed in float32 (float64 for float64 input) and returned in the input dtype, on the
     input's device (the SVD itself runs on CUDA when available, see :func:`svd_device`).
@@ -417,7 +472,7 @@ def svp(t: Tensor, rank_ratio: float, exact: bool | None = None) -> Tensor:
     """
     if not t.is_floating_point():
         return t.clone()
-    f = svp_factors(t, rank_ratio, exact=exact)
+    f = svp_factors(t, rank_ratio, exact=exact, rounding=rounding)
     if f is None:
         return t.clone()
     us, v = f
@@ -425,31 +480,40 @@ def svp(t: Tensor, rank_ratio: float, exact: bool | None = None) -> Tensor:
 
 
 def lors(
-    t: Tensor, rank_ratio: float, keep_ratio: float, exact: bool | None = None
+    t: Tensor,
+    rank_ratio: float,
+    keep_ratio: float,
+    exact: bool | None = None,
+    rounding: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """LoRS decomposition, eqs. (5)-(7): ``W ≈ L + S``.
 
     ``L = SVP(W, r)`` (eq. 6) and ``S = MP(W - L, p)`` (eq. 7). Returns ``(L, S)`` in the input
-    dtype. The residual is formed in float32/float64 before pruning.
+    dtype. The residual is formed in float32/float64 before pruning. ``rounding`` as in
+    :func:`svp` / :func:`magnitude_prune` (``"paper"``: rank 0 gives ``L = 0, S = MP(W)``).
     """
     if not t.is_floating_point():
         return t.clone(), torch.zeros_like(t)
-    low = svp(t, rank_ratio, exact=exact)
+    low = svp(t, rank_ratio, exact=exact, rounding=rounding)
     wd = _work_dtype(t)
     resid = t.to(wd) - low.to(wd)
-    sparse = magnitude_prune(resid, keep_ratio).to(t.dtype)
+    sparse = magnitude_prune(resid, keep_ratio, rounding).to(t.dtype)
     return low, sparse
 
 
 def lors_dense(
-    t: Tensor, rank_ratio: float, keep_ratio: float, exact: bool | None = None
+    t: Tensor,
+    rank_ratio: float,
+    keep_ratio: float,
+    exact: bool | None = None,
+    rounding: str | None = None,
 ) -> Tensor:
     """``LoRS(τ) = L + S`` as used in the merge, eq. (8).
 
     (A fused ``where(top-k of |τ − L|, τ, L)`` was measured slower on CPU: a masked ``where``
     costs more than :func:`keep_selection`'s in-place threshold + copysign plus one add.)
     """
-    low, sparse = lors(t, rank_ratio, keep_ratio, exact=exact)
+    low, sparse = lors(t, rank_ratio, keep_ratio, exact=exact, rounding=rounding)
     return low.add_(sparse)
 
 

@@ -80,11 +80,14 @@ def select_taskvector(
     device: str = "cpu",
     score_fn: Callable[[float, float], float] | None = None,
 ) -> dict:
-    """Step 1: (r, p) of one task vector. `score_fn(r, p)` replaces the merge + decode (tests)."""
+    """Step 1: (r, p) of one task vector. `score_fn(r, p)` replaces the merge + decode (tests).
+
+    ``select_cfg["rounding"]`` (set from ``merge.rounding: paper``) reaches the LoRS merges."""
+    rounding = {"rounding": select_cfg["rounding"]} if "rounding" in select_cfg else {}
     if score_fn is None:
 
         def score_fn(r: float, p: float) -> float:
-            params = [{"rank_ratio": r, "keep_ratio": p}]
+            params = [{"rank_ratio": r, "keep_ratio": p, **rounding}]
             return dev_score(
                 base_dir,
                 [taskvector],
