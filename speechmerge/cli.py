@@ -1,4 +1,4 @@
-"""Command-line interface: ``python -m speechmerge {merge,compress,decompress,methods,convert-ct2,verify,results-md}``.
+"""Command-line interface: ``speechmerge`` / ``python -m speechmerge {merge,compress,decompress,methods,convert-ct2,export-ct2,verify,results-md}``.
 
 ``merge`` takes Hugging Face Whisper model directories (the base and the fine-tuned models),
 computes the task vectors τ_i = θ_i − θ_0 into a temporary directory (streaming, one tensor
@@ -22,6 +22,7 @@ from typing import Any
 
 from . import __version__
 from .atomic import check_output_path, temp_path, terminate_on_sigterm
+from .convert import CT2_QUANTIZATIONS
 from .merge import METHODS, get_method, is_merge_output, merge_models
 from .prune import ROUNDINGS
 
@@ -281,6 +282,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--sha256", metavar="HEX", help="expected SHA-256 of SRC/model.bin")
 
+    e = sub.add_parser(
+        "export-ct2",
+        help="export a Hugging Face Whisper dir (e.g. a merged model) for CTranslate2 / "
+        "faster-whisper",
+        description="Convert with ctranslate2's TransformersConverter (pip install "
+        "'speechmerge[ct2]'); tokenizer.json and preprocessor_config.json are copied.",
+    )
+    e.add_argument("model_dir", metavar="DIR", help="Hugging Face model dir")
+    e.add_argument("out", metavar="OUT", help="output CTranslate2 dir (must not exist)")
+    e.add_argument(
+        "--quantization",
+        choices=CT2_QUANTIZATIONS,
+        default="float32",
+        help="weight type of the exported model (default: float32)",
+    )
+
     y = sub.add_parser(
         "verify",
         help="check every output folder under DIR against its manifest (files, sizes, hashes)",
@@ -508,6 +525,14 @@ def _run(args: argparse.Namespace) -> int:
                 args.src, args.out, window_seconds=args.window_seconds, sha256=args.sha256
             )
             print(f"wrote {args.out}: {summary}")
+            return 0
+        if args.command == "export-ct2":
+            from .convert import export_ct2
+
+            if Path(args.out).exists():
+                raise ValueError(f"OUT {args.out} exists; choose a new path")
+            record = export_ct2(args.model_dir, args.out, quantization=args.quantization)
+            print(f"wrote {args.out}: {record}")
             return 0
         if args.command == "verify":
             return _cmd_verify(args)

@@ -470,3 +470,61 @@ def convert_ct2(
             if k in ("d_model", "encoder_layers", "num_mel_bins", "vocab_size")
         },
     }
+
+
+# ---------------------------------------------------------------------------- export
+
+#: Quantizations offered by ``export-ct2`` (CTranslate2's weight types for Whisper on CPU/GPU).
+CT2_QUANTIZATIONS = ("int8", "int8_float16", "int8_float32", "float16", "float32")
+
+
+def export_ct2(model_dir, out_dir, *, quantization: str = "float32") -> dict:
+    """Export a Hugging Face Whisper model dir (e.g. a merged model) to a CTranslate2 /
+    faster-whisper dir at `out_dir` (atomically), with ``ctranslate2``'s own
+    ``TransformersConverter`` (optional dependency, extra ``ct2``) — the inverse of
+    :func:`convert_ct2`. ``tokenizer.json`` and ``preprocessor_config.json`` are copied (what
+    faster-whisper reads; a dir saved by transformers 5 keeps the feature extractor inside
+    ``processor_config.json`` instead, then it is written out as ``preprocessor_config.json``);
+    ``export.json`` records the source, its weights' SHA-256 and the quantization. Returns that
+    record."""
+    from .atomic import atomic_dir
+    from .taskvector import model_weights_path
+
+    if quantization not in CT2_QUANTIZATIONS:
+        raise ConversionError(
+            f"quantization {quantization!r}: choose one of {', '.join(CT2_QUANTIZATIONS)}"
+        )
+    src = Path(model_dir)
+    weights = model_weights_path(src)
+    for name in ("config.json", "tokenizer.json"):
+        if not (src / name).is_file():
+            raise ConversionError(f"{src / name}: missing (not a Hugging Face Whisper model dir)")
+    features = None  # the feature extractor's config, when not in preprocessor_config.json
+    if not (src / "preprocessor_config.json").is_file():
+        try:
+            features = json.loads((src / "processor_config.json").read_text())["feature_extractor"]
+        except (OSError, ValueError, KeyError) as e:
+            raise ConversionError(
+                f"{src}: no preprocessor_config.json, nor a processor_config.json with a "
+                f"feature_extractor ({e})"
+            ) from None
+    try:
+        from ctranslate2.converters import TransformersConverter
+    except ImportError as e:
+        raise ConversionError(
+            "export-ct2 needs the ctranslate2 package: pip install 'speechmerge[ct2]'"
+        ) from e
+    record = {
+        "source": str(src),
+        "source_weights_sha256": sha256_of([weights]),
+        "quantization": quantization,
+        "converter": "ctranslate2.converters.TransformersConverter",
+    }
+    with atomic_dir(out_dir) as tmp:
+        copy = ["tokenizer.json"] + (["preprocessor_config.json"] if features is None else [])
+        conv = TransformersConverter(str(src), copy_files=copy)
+        conv.convert(str(tmp), quantization=quantization, force=True)
+        if features is not None:
+            (tmp / "preprocessor_config.json").write_text(json.dumps(features, indent=2) + "\n")
+        (tmp / "export.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record

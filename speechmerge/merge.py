@@ -57,6 +57,7 @@ import math
 import os
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ from .atomic import (
     temp_path,
     write_manifest,
 )
+from .card import CARD_NAME, input_sha256, model_card
 from .prune import (
     check_rounding,
     count_from_ratio,
@@ -832,6 +834,16 @@ def merge_models(
 
     keep_freed_memory()
     tmp = temp_path(out_dir, directory=True)
+    # the model card's input hashes: each fine-tuned model's weights when the inputs are
+    # labelled by their dirs (the CLI), else the task-vector files; read in a thread while the
+    # merge runs (hashlib releases the GIL), or taken from the inputs' manifests
+    hashed = [base_file] + [
+        model_weights_path(lab) if Path(lab).is_dir() else p
+        for lab, p in zip(names, tv_paths, strict=True)
+    ]
+    hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-hash")
+    hashes = [hasher.submit(input_sha256, f) for f in hashed]
+    hasher.shutdown(wait=False)
     try:
         tv_meta: list[dict[str, str]] = []
         with SafetensorsReader(base_file) as fb, open_task_vectors(tv_paths) as tvs:
@@ -901,9 +913,16 @@ def merge_models(
             "speechmerge_version": __version__,
         }
         atomic_write_text(tmp / MERGE_RECORD, json.dumps(record, indent=2, default=str) + "\n")
+        card = dict(record, base_sha256=hashes[0].result())
+        card["taskvectors"] = [
+            dict(tv, sha256=h.result()) for tv, h in zip(record["taskvectors"], hashes[1:])
+        ]
+        atomic_write_text(tmp / CARD_NAME, model_card(card, m.description))
         write_manifest(tmp)
         replace_path(tmp, out_dir)
     except BaseException:
+        for h in hashes:
+            h.cancel()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir

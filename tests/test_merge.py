@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -197,6 +198,7 @@ MERGED_FILES = {
     "tokenizer.json",
     "preprocessor_config.json",
     "merge.json",
+    "README.md",
     "speechmerge-manifest.json",
 }
 
@@ -284,6 +286,11 @@ def test_merge_models_matches_in_memory(
     assert [t["path"] for t in rec["taskvectors"]] == [str(p) for p in tv_paths[:2]]
     if params:
         assert [t["params"] for t in rec["taskvectors"]] == params
+    card = (out / "README.md").read_text()  # the model card names method, λ and input hashes
+    assert card.startswith("---\nlibrary_name: transformers\n")
+    assert f"`{method}`" in card and "**λ**: 0.6" in card
+    for p in [base_dir / "model.safetensors", *tv_paths[:2]]:
+        assert hashlib.sha256(p.read_bytes()).hexdigest() in card
     with safe_open(str(out / "model.safetensors"), framework="pt") as f:
         assert f.metadata() == {"format": "pt"}
     assert sorted(p.name for p in out.parent.iterdir()) == ["merged"]  # no temp leftovers
