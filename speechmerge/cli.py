@@ -251,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--exact-svd", action="store_true", help="exact SVD (default: randomized for small ranks)"
     )
+    c.add_argument(
+        "--paper-exact",
+        action="store_true",
+        help="the LoRS-Merging authors' rounding: int(r min(d,k)) (0 allowed), int(p n), exact SVD",
+    )
     c.add_argument("--out", required=True, metavar="FILE", help=FILE_OUT_HELP)
     c.add_argument("--force", action="store_true", help=FORCE_HELP)
     c.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -459,6 +464,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
             args.keep_ratio,
             exact=True if args.exact_svd else None,
             progress=progress,
+            rounding="paper" if args.paper_exact else None,
         )
     elif args.base and args.finetuned:
         from .taskvector import compute_task_vector
@@ -475,6 +481,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
                 args.keep_ratio,
                 exact=True if args.exact_svd else None,
                 progress=progress,
+                rounding="paper" if args.paper_exact else None,
             )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -31,7 +31,16 @@ from typing import Any, Self
 import torch
 from torch import Tensor
 
-from .prune import count_from_ratio, is_prunable, rank_from_ratio, svp_factors, topk_mask
+from .prune import (
+    check_rounding,
+    count_from_ratio,
+    is_prunable,
+    lors_dense,
+    rank_from_ratio,
+    svd_exact,
+    svp_factors,
+    topk_mask,
+)
 from .taskvector import (
     SafetensorsReader,
     TensorSpec,
@@ -74,18 +83,23 @@ def is_compressed(metadata: dict[str, str] | None) -> bool:
 
 
 def _plan(
-    name: str, dtype: torch.dtype, shape: tuple[int, ...], rank_ratio: float, keep_ratio: float
+    name: str,
+    dtype: torch.dtype,
+    shape: tuple[int, ...],
+    rank_ratio: float,
+    keep_ratio: float,
+    rounding: str | None = None,
 ) -> list[TensorSpec] | None:
     """Stored tensors of one prunable matrix, or None to store it dense."""
     meta = torch.empty(shape, dtype=dtype, device="meta")
     if not is_prunable(name, meta):
         return None
     d, k = shape
-    r = rank_from_ratio(shape, rank_ratio)
+    r = rank_from_ratio(shape, rank_ratio, rounding)
     if r >= min(d, k):  # SVP is the identity and the residual is 0: LoRS(τ) = τ
         return None
     wd = _work_dtype(dtype)
-    nnz = count_from_ratio(d * k, keep_ratio)
+    nnz = count_from_ratio(d * k, keep_ratio, rounding)
     specs = [
         (f"{name}{SEP}us", wd, (d, r)),
         (f"{name}{SEP}v", wd, (k, r)),
@@ -98,17 +112,17 @@ def _plan(
 
 
 def _lors_parts(
-    t: Tensor, rank_ratio: float, keep_ratio: float, exact: bool | None
+    t: Tensor, rank_ratio: float, keep_ratio: float, exact: bool | None, rounding: str | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(us, v, idx, val) with ``LoRS(t) = us @ vᵀ + scatter(idx, val)`` exactly as
     :func:`speechmerge.prune.lors_dense` computes it (same SVD, same top-k)."""
-    f = svp_factors(t, rank_ratio, exact=exact)
+    f = svp_factors(t, rank_ratio, exact=exact, rounding=rounding)
     assert f is not None
     us, v = f
     wd = _work_dtype(t.dtype)
     low = (us @ v.T).to(t.dtype)
     resid = (t.to(wd) - low.to(wd)).reshape(-1)
-    k = count_from_ratio(resid.numel(), keep_ratio)
+    k = count_from_ratio(resid.numel(), keep_ratio, rounding)
     if k > 0:
         idx = topk_mask(resid.abs(), k).nonzero().reshape(-1)  # sorted, same set as lors_dense
     else:
@@ -123,13 +137,18 @@ def compress_lors(
     keep_ratio: float,
     exact: bool | None = None,
     progress: bool = False,
+    rounding: str | None = None,
 ) -> dict[str, Any]:
     """Write the compressed LoRS(τ) of the task vector at ``tv_path`` to ``out_path``.
 
     Streams tensor by tensor; written atomically. ``exact`` is passed to the SVD (None: the
-    seeded randomized SVD for small ranks, as in :func:`speechmerge.prune.svp`). Returns the
-    metadata written (all values are strings, as safetensors metadata must be).
+    seeded randomized SVD for small ranks, as in :func:`speechmerge.prune.svp`); ``rounding``
+    as in :mod:`speechmerge.prune` (``"paper"``: the authors' rank and count, exact SVD; it is
+    then recorded in the metadata). Returns the metadata written (all values are strings, as
+    safetensors metadata must be).
     """
+    rounding = check_rounding(rounding)
+    exact = svd_exact(exact, rounding)
     rank_ratio, keep_ratio = float(rank_ratio), float(keep_ratio)
     for v, what in ((rank_ratio, "rank_ratio"), (keep_ratio, "keep_ratio")):
         if not 0.0 <= v <= 1.0:
@@ -140,14 +159,26 @@ def compress_lors(
             raise ValueError(f"{tv_path} is already a compressed task vector")
         check_task_vector_metadata(tv_path, src_meta)
         specs: list[TensorSpec] = []
+        dense_lors: set[str] = set()  # prunable matrices stored as their dense LoRS(τ)
         dense_bytes = 0
         for name in r:
             if SEP in name:
                 raise ValueError(f"tensor name {name!r} in {tv_path} contains {SEP!r}")
             dtype, shape = r.dtype(name), r.shape(name)
             dense_bytes += _nbytes(dtype, shape)
-            plan = _plan(name, dtype, shape, rank_ratio, keep_ratio) if len(shape) == 2 else None
+            plan = (
+                _plan(name, dtype, shape, rank_ratio, keep_ratio, rounding)
+                if len(shape) == 2
+                else None
+            )
             specs.extend(plan if plan is not None else [(name, dtype, shape)])
+            if (
+                plan is None
+                and len(shape) == 2
+                and is_prunable(name, torch.empty(shape, dtype=dtype, device="meta"))
+                and rank_from_ratio(shape, rank_ratio, rounding) < min(shape)
+            ):
+                dense_lors.add(name)  # pruned, but its factors would not be smaller
         compressed_bytes = sum(_nbytes(dt, sh) for _, dt, sh in specs)
         meta = {k: v for k, v in src_meta.items() if k != "format"}
         meta.update(
@@ -163,9 +194,14 @@ def compress_lors(
                 "compression_ratio": f"{dense_bytes / max(compressed_bytes, 1):.4f}",
             }
         )
+        if rounding != "ceil":  # default files keep the metadata they had
+            meta["rounding"] = rounding
         cache: dict[str, Tensor] = {}
 
         def produce(stored: str) -> Tensor:
+            if stored in dense_lors:
+                t = r.get_tensor(stored)
+                return lors_dense(t, rank_ratio, keep_ratio, exact, rounding).contiguous()
             if SEP not in stored:
                 return r.get_tensor(stored).contiguous()
             name, part = stored.rsplit(SEP, 1)
@@ -175,7 +211,11 @@ def compress_lors(
                     raise ValueError(f"tensor {name!r} has NaN/Inf values in {tv_path}")
                 cache.clear()
                 cache.update(
-                    zip(_PARTS, _lors_parts(t, rank_ratio, keep_ratio, exact), strict=True)
+                    zip(
+                        _PARTS,
+                        _lors_parts(t, rank_ratio, keep_ratio, exact, rounding),
+                        strict=True,
+                    )
                 )
             return cache.pop(part)
 

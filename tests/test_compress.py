@@ -102,7 +102,10 @@ def test_full_rank_and_tiny_matrices_stay_dense(files) -> None:
     compress_lors(tvs[0], out, 1.0, 0.3)
     assert not [k for k in load_file(out) if "::" in k]
     compress_lors(tvs[0], out, 0.5, 0.9)  # factors + 90 % residual are larger than dense
-    assert not [k for k in load_file(out) if "::" in k]
+    stored = load_file(out)
+    assert not [k for k in stored if "::" in k]
+    q = "model.encoder.layers.0.fc1.weight"  # stored dense, but as LoRS(τ), not τ
+    torch.testing.assert_close(stored[q], lors_dense(load_file(tvs[0])[q], 0.5, 0.9))
 
 
 def test_compress_errors(files) -> None:

@@ -181,3 +181,22 @@ def test_config_rounding_reaches_merge_params() -> None:
     assert "rounding" not in smcfg.merge_params(cfg, [("de", "asr")])[0]
     cfg["merge"]["rounding"] = "paper"
     assert smcfg.merge_params(cfg, [("de", "asr")])[0]["rounding"] == "paper"
+
+
+@pytest.mark.parametrize("rank_ratio", [0.1, 0.01])  # 96x64: int(6.4) = 6; int(0.64) = 0
+def test_compress_in_paper_mode_stores_the_paper_lors(tmp_path, rank_ratio: float) -> None:
+    from safetensors.torch import save_file
+
+    from speechmerge.compress import compress_lors, open_task_vector
+
+    name = "model.encoder.layers.0.fc1.weight"
+    t = torch.randn(96, 64, generator=torch.Generator().manual_seed(9))
+    save_file({name: t}, tmp_path / "tv.safetensors", metadata={"base": "b", "finetuned": "f"})
+    meta = compress_lors(
+        tmp_path / "tv.safetensors", tmp_path / "c.safetensors", rank_ratio, 0.3, rounding="paper"
+    )
+    assert meta["rounding"] == "paper"
+    with open_task_vector(tmp_path / "c.safetensors") as r:
+        got = r.get_tensor(name)
+    want = authors_lors(t.double(), rank_ratio, 0.3).float()
+    assert (got - want).abs().max() <= 1e-5  # float32 storage of a float64 reference
