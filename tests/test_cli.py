@@ -13,48 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cli, merge_args, tree
 from safetensors.torch import load_file
 
 from speechmerge.cli import main
 from speechmerge.merge import METHODS, merge_models
 from speechmerge.taskvector import compute_task_vector
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "speechmerge", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-
-
-@pytest.fixture(scope="module")
-def whisper(tmp_path_factory):
-    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
-
-    root = tmp_path_factory.mktemp("whisper")
-    cfg = WhisperConfig(
-        vocab_size=64, num_mel_bins=8, d_model=16, encoder_layers=1, decoder_layers=1,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
-        decoder_ffn_dim=32, max_source_positions=16, max_target_positions=16, pad_token_id=0,
-        bos_token_id=1, eos_token_id=2, decoder_start_token_id=1,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    base = WhisperForConditionalGeneration(cfg).eval()
-    base.generation_config = GenerationConfig(decoder_start_token_id=1, max_length=10)
-    base.save_pretrained(root / "base", safe_serialization=True)
-    (root / "base" / "preprocessor_config.json").write_text('{"feature_size": 8}')
-    fts = []
-    for i in range(2):
-        ft = WhisperForConditionalGeneration.from_pretrained(root / "base")
-        with torch.no_grad():
-            for p in ft.parameters():
-                p.add_(0.01 * torch.randn_like(p))
-        ft.save_pretrained(root / f"ft{i}", safe_serialization=True)
-        fts.append(root / f"ft{i}")
-    return root, root / "base", fts
 
 
 def library_merge(root: Path, base: Path, fts: list[Path], method: str, lam: float, params):
@@ -160,15 +124,6 @@ def test_cli_errors(whisper, tmp_path: Path, capsys) -> None:
 
 
 # ------------------------------------------------ outputs the user owns (issue 14)
-
-
-def merge_args(base: Path, fts: list[Path], out: Path | str, *extra: str) -> list[str]:
-    return ["merge", "--base", str(base), "--finetuned", *map(str, fts), "--method", "ta",
-            "--out", str(out), "--quiet", *extra]  # fmt: skip
-
-
-def tree(d: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
 
 
 def test_merge_out_refuses_a_users_folder_and_file(whisper, tmp_path: Path, capsys) -> None:

@@ -10,49 +10,13 @@ from __future__ import annotations
 import copy
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import reversed_keys
-
-REPO = Path(__file__).resolve().parent.parent
-SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
-#: What a user's checkout has at its root (results/, .snakemake/ and tests/ left out).
-REPO_ENTRIES = [
-    "Snakefile",
-    "config.yaml",
-    "configs",
-    "schemas",
-    "rules",
-    "workflow_scripts",
-    "report",
-    "envs",
-    "profiles",
-    "speechmerge",
-]
+from conftest import REPO, SNAKEMAKE, reversed_keys, smk
 
 pytestmark = pytest.mark.workflow
-
-
-@pytest.fixture(scope="module")
-def repo_copy(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("repo")
-    for name in REPO_ENTRIES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            shutil.copy2(src, root / name)
-    return root
-
-
-def smk(root: Path, *args: str) -> subprocess.CompletedProcess:
-    """The snakemake CLI in `root` (the repository copy), as a user runs it there."""
-    return subprocess.run(
-        [SNAKEMAKE, *args], cwd=root, capture_output=True, text=True, timeout=600, check=False
-    )
 
 
 def effective_config(root: Path, preset: str | None, target: str) -> dict:
