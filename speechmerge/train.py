@@ -450,8 +450,9 @@ def train(
         fingerprint = run_fingerprint(model, examples, hparams)
     model.to(device)
     model.train()
-    if grad_checkpointing:
-        model.gradient_checkpointing_enable()
+    if grad_checkpointing:  # recompute activations in the backward pass (transformers 5 name)
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        (enable or model.gradient_checkpointing_enable)()
     pad_id = processor.tokenizer.convert_tokens_to_ids(EOT)
     # train_encoder False: the encoder is frozen (no gradients, no optimiser state), a CPU
     # budget option; its task vector is then zero on every encoder tensor.
@@ -480,7 +481,7 @@ def train(
         return lr
 
     amp = autocast_dtype(device)
-    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    scaler = torch.amp.GradScaler(device.split(":")[0]) if amp == torch.float16 else None
     sampler = StepSampler(len(examples), batch_size, grad_accum, seed)
     ema = ema_ctc = None
     start = 0
