@@ -9,7 +9,7 @@ import numpy as np
 from .corpus import Utterance, load_audio, read_tsv
 from .model import TASK_NAMES, configure_cuda, decode_dtype
 from .progress import Progress
-from .train import extract_features
+from .train import data_worker_init, extract_features
 
 
 class AudioDataset:
@@ -53,8 +53,6 @@ def transcribe(
     the model's dtype (see :func:`decode_dtype`)."""
     import torch
 
-    from .train import _worker_init
-
     dataset = audios if isinstance(audios, AudioDataset) else AudioDataset(audios)
     model.to(device).eval()
     loader = torch.utils.data.DataLoader(
@@ -63,7 +61,7 @@ def transcribe(
         shuffle=False,
         num_workers=workers,
         collate_fn=partial(_batch_features, processor),
-        worker_init_fn=_worker_init if workers else None,
+        worker_init_fn=data_worker_init if workers else None,
     )
     out: list[str] = []
     bar = Progress(len(dataset), f"decode {lang}-{task}", unit="utt")

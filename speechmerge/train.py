@@ -120,7 +120,7 @@ def _stack_features(items):
     return [i for i, _ in items], torch.from_numpy(np.stack([f for _, f in items]))
 
 
-def _worker_init(_worker_id: int) -> None:
+def data_worker_init(_worker_id: int) -> None:
     import torch
 
     torch.set_num_threads(1)  # feature extraction is numpy; leave the cores to training
@@ -138,7 +138,7 @@ def feature_loader(dataset, batch_sampler, workers: int = 0, seed: int = 0):
         batch_sampler=batch_sampler,
         num_workers=workers,
         collate_fn=_stack_features,
-        worker_init_fn=_worker_init if workers else None,
+        worker_init_fn=data_worker_init if workers else None,
         generator=torch.Generator().manual_seed(seed),
     )
 

@@ -208,3 +208,18 @@ def test_sigkill_mid_finetune_then_rerun_resumes_to_the_same_weights(world, tmp_
     assert int(resumed[0].split("resuming from step ")[1].split()[0]) >= 3
     assert not ck.exists() and not ck.parent.exists()
     _assert_bitwise(load_file(ref_out / "model.safetensors"), load_file(out / "model.safetensors"))
+
+
+def test_decoding_reads_the_test_set_per_batch(world):
+    """decode_tsv reads audio per batch; the hypotheses equal those of preloaded audio, and
+    of a DataLoader worker."""
+    from speechmerge.corpus import load_audio
+    from speechmerge.decode import decode_tsv, transcribe
+
+    root, model, processor = world
+    kw = {"batch_size": 5, "max_new_tokens": 4}
+    rows, hyps = decode_tsv(model, processor, root / "train.tsv", "ca", "asr", **kw)
+    audios = [load_audio(root / "train.tsv", r) for r in rows]
+    assert len(hyps) == 13
+    assert hyps == transcribe(model, processor, audios, "ca", "asr", **kw)
+    assert hyps == transcribe(model, processor, audios, "ca", "asr", workers=1, **kw)
