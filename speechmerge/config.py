@@ -51,6 +51,18 @@ def finetune_hparams(config: dict, lang: str, task: str) -> dict:
     }
 
 
+#: ``finetune`` keys that change how a training job runs, not what it computes, with their
+#: schema defaults: workflow scripts read them from the config (never rule params, so
+#: changing them reruns nothing).
+TRAINING_RUNTIME = {"checkpoint_every_steps": 0, "checkpoint_every_minutes": 20, "data_workers": 0}
+
+
+def training_runtime(config: dict) -> dict:
+    """Checkpointing and data-loading options of training jobs (fine-tune, joint, base)."""
+    ft = config.get("finetune") or {}
+    return {k: ft.get(k, default) for k, default in TRAINING_RUNTIME.items()}
+
+
 def merge_settings(config: dict) -> dict[str, list[tuple[str, str]]]:
     """{setting name: [(lang, task), ...]} for the configured settings.
 

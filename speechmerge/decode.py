@@ -2,18 +2,42 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
-from .corpus import load_audio, read_tsv
-from .model import TASK_NAMES
+from .corpus import Utterance, load_audio, read_tsv
+from .model import TASK_NAMES, configure_cuda, decode_dtype
 from .progress import Progress
-from .train import extract_features
+from .train import data_worker_init, extract_features
+
+
+class AudioDataset:
+    """Map-style dataset of utterances' audio: arrays as given, or read from a corpus TSV's
+    rows when asked for (so a test set is never held in memory whole)."""
+
+    def __init__(self, audios: list[np.ndarray] | None = None, tsv=None, rows=None):
+        self.audios, self.tsv, self.rows = audios, tsv, rows
+
+    def __len__(self) -> int:
+        return len(self.audios) if self.audios is not None else len(self.rows)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if self.audios is not None:
+            return self.audios[i]
+        return load_audio(self.tsv, self.rows[i])
+
+
+def _batch_features(processor, audios: list[np.ndarray]):
+    import torch
+
+    return torch.from_numpy(extract_features(processor, audios))
 
 
 def transcribe(
     model,
     processor,
-    audios: list[np.ndarray],
+    audios: list[np.ndarray] | AudioDataset,
     lang: str,
     task: str,
     *,
@@ -21,15 +45,28 @@ def transcribe(
     batch_size: int = 16,
     max_new_tokens: int = 40,
     device: str = "cpu",
+    workers: int = 0,
 ) -> list[str]:
-    """Greedy (beam_size 1) or beam search, in batches, exactly as for whisper-small."""
+    """Greedy (beam_size 1) or beam search, in batches, exactly as for whisper-small.
+
+    Features are computed per batch by a DataLoader (`workers` processes, 0: this one), in
+    the model's dtype (see :func:`decode_dtype`)."""
     import torch
 
+    dataset = audios if isinstance(audios, AudioDataset) else AudioDataset(audios)
     model.to(device).eval()
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=partial(_batch_features, processor),
+        worker_init_fn=data_worker_init if workers else None,
+    )
     out: list[str] = []
-    bar = Progress(len(audios), f"decode {lang}-{task}", unit="utt")
-    for i in range(0, len(audios), batch_size):
-        feats = torch.from_numpy(extract_features(processor, audios[i : i + batch_size])).to(device)
+    bar = Progress(len(dataset), f"decode {lang}-{task}", unit="utt")
+    for feats in loader:
+        feats = feats.to(device, dtype=model.dtype)
         with torch.inference_mode():
             ids = model.generate(
                 input_features=feats,
@@ -45,11 +82,13 @@ def transcribe(
     return out
 
 
-def decode_tsv(model, processor, tsv, lang: str, task: str, **kw) -> tuple[list, list[str]]:
-    """Decode every utterance of a corpus TSV; returns (rows, hypotheses)."""
+def decode_tsv(
+    model, processor, tsv, lang: str, task: str, **kw
+) -> tuple[list[Utterance], list[str]]:
+    """Decode every utterance of a corpus TSV (audio read per batch); returns (rows,
+    hypotheses)."""
     rows = read_tsv(tsv)
-    audios = [load_audio(tsv, r) for r in rows]
-    return rows, transcribe(model, processor, audios, lang, task, **kw)
+    return rows, transcribe(model, processor, AudioDataset(tsv=tsv, rows=rows), lang, task, **kw)
 
 
 def score_model(
@@ -72,6 +111,9 @@ def score_model(
     from .train import FIELD
 
     model, processor = load_pretrained(str(model_dir), device=device)
+    if decode_dtype(device) is not None:
+        configure_cuda(device)
+        model.to(decode_dtype(device))
     results = []
     for lang, task, tsv, out_json in jobs:
         t0 = time.time()

@@ -130,7 +130,7 @@ def pair_languages(pairs: list[tuple[str, str]]) -> list[str]:
 
 def joint_examples(processor, pairs: list[tuple[str, str]], train_tsvs: dict[str, str]):
     """(examples, {(lang, task): number of examples}) of `pairs`, the union of the fine-tunes'
-    training data: each language's TSV is read and featurised once for all its tasks."""
+    training data (features are computed per batch while training)."""
     from .corpus import read_tsv
     from .train import load_examples
 
@@ -152,11 +152,13 @@ def train_joint(
     out_dir,
     seed: int,
     device: str = "cpu",
+    runtime: dict | None = None,
 ) -> dict:
     """Full-parameter training of the base on the mixed data of `pairs` (shuffled together),
-    for :func:`joint_steps` optimiser steps; saves the model dir atomically."""
-    from .model import load_pretrained, save_model_dir
-    from .train import train
+    for :func:`joint_steps` optimiser steps; saves the model dir atomically. `runtime`:
+    checkpoints and data workers (:func:`speechmerge.train.run_training`)."""
+    from .model import load_pretrained
+    from .train import run_training
 
     model, processor = load_pretrained(str(base_dir))
     examples, sizes = joint_examples(processor, pairs, train_tsvs)
@@ -168,10 +170,12 @@ def train_joint(
         steps,
         hp["lr"],
     )
-    summary = train(
+    summary = run_training(
         model,
         processor,
         examples,
+        out_dir,
+        runtime,
         lr=hp["lr"],
         batch_size=hp["batch_size"],
         grad_accum=hp["grad_accum"],
@@ -182,6 +186,4 @@ def train_joint(
         grad_checkpointing=hp.get("gradient_checkpointing", False),
         train_encoder=hp.get("train_encoder", True),
     )
-    model.to("cpu")
-    save_model_dir(model, processor, out_dir)
     return {**summary, "pairs": [f"{lang}-{t}" for lang, t in pairs]}

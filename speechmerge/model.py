@@ -197,3 +197,23 @@ def autocast_dtype(device: str):
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return None
+
+
+def decode_dtype(device: str):
+    """float16 weights and activations for decoding on CUDA (half the memory of beam
+    search's caches); None (float32) elsewhere."""
+    import torch
+
+    return torch.float16 if device.startswith("cuda") else None
+
+
+def configure_cuda(device: str) -> bool:
+    """On CUDA, let float32 matmuls and convolutions use TF32 tensor cores (Ampere and
+    later; autocast covers most of the compute anyway). Returns whether it did."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return True

@@ -9,16 +9,29 @@ Targets are built exactly as Whisper's: the decoder reads
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import hashlib
+import json
 import logging
 import math
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from .corpus import load_audio, read_tsv
-from .model import EOT, NO_TIMESTAMPS, SOT, TASK_TOKENS, autocast_dtype, lang_token
+from .corpus import Utterance, load_audio, read_tsv
+from .model import (
+    EOT,
+    NO_TIMESTAMPS,
+    SOT,
+    TASK_TOKENS,
+    autocast_dtype,
+    configure_cuda,
+    lang_token,
+)
 from .progress import Progress, track
 
 log = logging.getLogger(__name__)
@@ -28,10 +41,16 @@ FIELD = {"asr": "sentence", "st": "translation"}
 
 @dataclass
 class Example:
-    features: np.ndarray  # (mel, frames) float32
+    """One training example. Its log-mel features are computed per batch from `audio` (a
+    (TSV path, row) pair: :func:`speechmerge.corpus.load_audio`) while training, so memory
+    does not grow with the training set; `features` may hold them precomputed instead
+    (tests)."""
+
+    features: np.ndarray | None  # (mel, frames) float32, or None: computed from `audio`
     decoder_input_ids: list[int]
     labels: list[int]
     ctc_targets: list[int] | None = None  # ASR text tokens (pre-training's auxiliary CTC)
+    audio: tuple[str, Utterance] | None = None
 
 
 def target_ids(tokenizer, text: str, lang: str, task: str) -> tuple[list[int], list[int]]:
@@ -56,37 +75,93 @@ def extract_features(processor, audios: list[np.ndarray], batch_size: int = 64) 
     return np.concatenate(out) if out else np.zeros((0, 0, 0), np.float32)
 
 
+def example_features(processor, example: Example) -> np.ndarray:
+    """An example's log-mel features: its precomputed ones, else computed from its audio."""
+    if example.features is not None:
+        return example.features
+    tsv, row = example.audio
+    return extract_features(processor, [load_audio(tsv, row)])[0]
+
+
 def load_examples(processor, sources, progress: bool = True) -> list[Example]:
-    """`sources`: iterable of (tsv_path, lang, tasks). Audio is read and featurised once per
-    utterance and shared by its tasks."""
+    """`sources`: iterable of (tsv_path, lang, tasks); one example per (utterance, task).
+    Only the TSVs are read here (targets tokenised); audio is read and featurised per batch
+    while training (:class:`FeatureDataset`)."""
     examples = []
     for tsv, lang, tasks in sources:
         rows = read_tsv(tsv)
-        audios = [
-            load_audio(tsv, r) for r in track(rows, f"load {tsv}", unit="utt", enabled=progress)
-        ]
-        feats = extract_features(processor, audios)
-        for row, f in zip(rows, feats):
+        for row in track(rows, f"load {tsv}", unit="utt", enabled=progress):
             for task in tasks:
                 dec, lab = target_ids(processor.tokenizer, getattr(row, FIELD[task]), lang, task)
                 ctc = [t for t in lab if t >= 0][:-1] if task == "asr" else None
-                examples.append(Example(f, dec, lab, ctc))
+                examples.append(Example(None, dec, lab, ctc, audio=(str(tsv), row)))
     if not examples:
         raise ValueError("no training examples (empty TSVs?)")
     return examples
 
 
-def collate(batch: list[Example], pad_id: int):
+class FeatureDataset:
+    """Map-style dataset (``torch.utils.data``) of the examples' features: item i is
+    (i, features of example i), computed when asked for, in a DataLoader worker or not."""
+
+    def __init__(self, processor, examples: list[Example]):
+        self.processor, self.examples = processor, examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int):
+        return i, example_features(self.processor, self.examples[i])
+
+
+def _stack_features(items):
+    import torch
+
+    return [i for i, _ in items], torch.from_numpy(np.stack([f for _, f in items]))
+
+
+def data_worker_init(_worker_id: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # feature extraction is numpy; leave the cores to training
+
+
+def feature_loader(dataset, batch_sampler, workers: int = 0, seed: int = 0):
+    """A DataLoader yielding (indices, features tensor) for each index list of
+    `batch_sampler`, in its order. With `workers` > 0 they are computed in worker processes,
+    at most 2 batches ahead per worker: memory is a few batches whatever the data size. Its
+    own seeded generator leaves the global torch RNG (dropout) untouched."""
+    import torch
+
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        num_workers=workers,
+        collate_fn=_stack_features,
+        worker_init_fn=data_worker_init if workers else None,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def _targets(batch: list[Example], pad_id: int):
     import torch
 
     n = max(len(e.labels) for e in batch)
-    feats = torch.from_numpy(np.stack([e.features for e in batch]))
     dec = torch.full((len(batch), n), pad_id, dtype=torch.long)
     lab = torch.full((len(batch), n), -100, dtype=torch.long)
     for i, e in enumerate(batch):
         dec[i, : len(e.decoder_input_ids)] = torch.tensor(e.decoder_input_ids)
         lab[i, : len(e.labels)] = torch.tensor(e.labels)
-    return feats, dec, lab
+    return dec, lab
+
+
+def collate(batch: list[Example], pad_id: int, processor=None):
+    """(features, decoder_input_ids, labels) of a batch; `processor` computes the features
+    of examples without precomputed ones."""
+    import torch
+
+    feats = torch.from_numpy(np.stack([example_features(processor, e) for e in batch]))
+    return (feats, *_targets(batch, pad_id))
 
 
 def _ctc_row_losses(head, encoder_states, batch: list[Example]):
@@ -124,6 +199,201 @@ def micro_batches(batches: list[list[int]], micro_batch_size: int):
         yield flat[start : start + micro_batch_size]
 
 
+class StepSampler:
+    """The examples of each optimiser step: `grad_accum` batches of `batch_size` indices
+    taken in turn from a seeded shuffle of the `n` examples, reshuffled (appended) whenever
+    fewer than a batch remain. Its state (the ``random.Random`` and the pending order) is
+    what a checkpoint stores."""
+
+    def __init__(self, n: int, batch_size: int, grad_accum: int, seed: int):
+        self.n, self.batch_size, self.grad_accum = n, batch_size, grad_accum
+        self.rng = random.Random(seed)
+        self.order: list[int] = []
+
+    def next_step(self) -> list[list[int]]:
+        batches = []
+        for _ in range(self.grad_accum):
+            if len(self.order) < self.batch_size:
+                fresh = list(range(self.n))
+                self.rng.shuffle(fresh)
+                self.order.extend(fresh)
+            idx, self.order = self.order[: self.batch_size], self.order[self.batch_size :]
+            batches.append(idx)
+        return batches
+
+    def state(self) -> dict:
+        return {"rng": self.rng.getstate(), "order": list(self.order)}
+
+    def set_state(self, state: dict) -> None:
+        self.rng.setstate(_as_tuple(state["rng"]))
+        self.order = list(state["order"])
+
+
+class _MicroBatchIndices:
+    """The index lists of every micro-batch of `steps` optimiser steps, in training order:
+    the DataLoader's batch sampler (a copy of the training loop's sampler runs ahead)."""
+
+    def __init__(self, sampler: StepSampler, steps: int, micro: int):
+        self.sampler, self.steps, self.micro = copy.deepcopy(sampler), steps, micro
+
+    def __iter__(self):
+        for _ in range(self.steps):
+            for chunk in micro_batches(self.sampler.next_step(), self.micro):
+                yield [i for _, i in chunk]
+
+
+def _as_tuple(x):
+    """A Python RNG state back from a checkpoint (tuples may come back as lists)."""
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, list | tuple) else x
+
+
+# ---------------------------------------------------------------------------------------
+# Checkpoints: resume a killed training run where it stopped, with the same final weights.
+
+
+class Checkpoint:
+    """Where and how often :func:`train` saves its full state (weights, optimiser, step, the
+    sampler's RNG and pending order, torch/numpy/python RNGs, loss EMA): after every
+    `every_steps` optimiser steps and/or `every_minutes` minutes (0 = never by that
+    criterion), atomically (temporary file, then rename). A run finding the file resumes
+    from it, after checking its fingerprint (model, data, hyper-parameters): a checkpoint
+    of another run is refused, naming the file. :meth:`remove` once the output is saved."""
+
+    def __init__(self, path, every_steps: int = 0, every_minutes: float = 0.0):
+        self.path = Path(path)
+        self.every_steps, self.every_minutes = int(every_steps or 0), float(every_minutes or 0)
+        self.last = time.monotonic()
+
+    @classmethod
+    def beside(cls, out_dir, every_steps: int = 0, every_minutes: float = 0.0) -> Checkpoint:
+        """The checkpoint of output `out_dir`: ``{parent}/.checkpoints/{name}.pt``, beside
+        the output and not part of it (Snakemake neither removes nor expects it)."""
+        out = Path(out_dir)
+        return cls(out.parent / ".checkpoints" / f"{out.name}.pt", every_steps, every_minutes)
+
+    def due(self, steps_done: int) -> bool:
+        if self.every_steps and steps_done % self.every_steps == 0:
+            return True
+        return bool(self.every_minutes) and time.monotonic() - self.last >= 60 * self.every_minutes
+
+    def save(self, state: dict) -> None:
+        import torch
+
+        from .atomic import atomic_file
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(self.path) as tmp:
+            torch.save(state, tmp)
+        self.last = time.monotonic()
+        log.info("checkpoint: step %d of %d saved to %s", state["step"], state["total"], self.path)
+
+    def load(self, fingerprint: dict, device: str = "cpu") -> dict | None:
+        """The saved state, or None without a checkpoint. Refuses (ValueError naming the file
+        and what differs) a checkpoint whose fingerprint is not `fingerprint`."""
+        import torch
+
+        if not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, map_location=device, weights_only=True)
+            theirs = state["fingerprint"]
+        except Exception as e:
+            raise ValueError(
+                f"{self.path}: unreadable training checkpoint ({e}); delete it to start over"
+            ) from e
+        differ = sorted(
+            k for k in fingerprint.keys() | theirs.keys() if fingerprint.get(k) != theirs.get(k)
+        )
+        if differ:
+            raise ValueError(
+                f"{self.path}: a checkpoint of another training run (its {', '.join(differ)} "
+                f"differ from this run's); refusing to resume from it. Delete it to start over."
+            )
+        return state
+
+    def remove(self) -> None:
+        from .atomic import remove_stale_temps
+
+        self.path.unlink(missing_ok=True)
+        remove_stale_temps(self.path)
+        with contextlib.suppress(OSError):
+            self.path.parent.rmdir()  # only if empty
+
+
+def _sha256_tensors(tensors) -> str:
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in tensors:
+        t = t.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(memoryview(t.view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
+def run_fingerprint(model, examples: list[Example], hparams: dict) -> dict:
+    """What a checkpoint must match to be resumed: the architecture, the starting weights,
+    the training data (targets and audio rows, or precomputed features) and the
+    hyper-parameters that shape the run."""
+    c = model.config
+    arch = (
+        f"{c.model_type} d_model={c.d_model} layers={c.encoder_layers}+{c.decoder_layers} "
+        f"heads={c.encoder_attention_heads} ffn={c.encoder_ffn_dim} vocab={c.vocab_size} "
+        f"mel={c.num_mel_bins}"
+    )
+    data = hashlib.sha256()
+    for e in examples:
+        src = (
+            [e.audio[1].id, e.audio[1].audio, e.audio[1].duration]
+            if e.audio is not None
+            else hashlib.sha256(np.ascontiguousarray(e.features).tobytes()).hexdigest()
+        )
+        data.update(json.dumps([src, e.decoder_input_ids, e.labels, e.ctc_targets]).encode())
+    return {
+        "architecture": arch,
+        "starting weights": _sha256_tensors(sorted(model.state_dict().items())),
+        "training data": f"{len(examples)} examples, sha256 {data.hexdigest()}",
+        "hyper-parameters": json.dumps(hparams, sort_keys=True, default=str),
+    }
+
+
+def _rng_states(device: str) -> dict:
+    import torch
+
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {
+        "python": random.getstate(),
+        "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if device.startswith("cuda"):
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    import torch
+
+    random.setstate(_as_tuple(states["python"]))
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(states["torch"].cpu())
+    if "cuda" in states:
+        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
+
+
+def _after_step(step: int) -> None:
+    """Called after every optimiser step (and its checkpoint); a seam for tests that
+    interrupt training."""
+
+
+#: The arguments of :func:`train` that shape its result: a checkpoint must match them.
+RUN_ARGS = (
+    "lr", "batch_size", "grad_accum", "epochs", "max_steps", "micro_batch_size",
+    "warmup_steps", "schedule", "weight_decay", "seed", "train_encoder", "ctc_weight",
+)  # fmt: skip
+
+
 def train(
     model,
     processor,
@@ -144,6 +414,8 @@ def train(
     train_encoder: bool = True,
     ctc_weight: float = 0.0,
     progress: bool = True,
+    checkpoint: Checkpoint | None = None,
+    workers: int = 0,
 ) -> dict:
     """Full-parameter training with Adam. Either `epochs` or `max_steps` (optimiser steps)
     bounds it. `schedule`: ``constant`` (the paper's fine-tuning) or ``cosine`` (used to
@@ -159,16 +431,28 @@ def train(
     pass: every token is weighted by 1 / (its batch's token count · grad_accum), so the
     gradient, and the examples and their order, are the same for any value (up to float
     rounding). Larger micro-batches are faster on a CPU; smaller ones fit a smaller GPU.
-    Returns a summary (steps, final loss, seconds)."""
+
+    Features are computed per micro-batch by a DataLoader (`workers` processes, 0: in this
+    one). On CUDA, autocast (bf16, else fp16 with a gradient scaler) and TF32. With a
+    `checkpoint`, the state is saved as it says and a run finding one resumes from it, ending
+    with the same weights as an uninterrupted run. Returns a summary (steps, final loss,
+    seconds)."""
+    run_args = {k: v for k, v in locals().items() if k in RUN_ARGS}
     import torch
 
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    configure_cuda(device)
+    fingerprint = None
+    if checkpoint is not None:  # of the starting weights: before training changes them
+        hparams = {**run_args, "autocast": str(autocast_dtype(device))}
+        fingerprint = run_fingerprint(model, examples, hparams)
     model.to(device)
     model.train()
-    if grad_checkpointing:
-        model.gradient_checkpointing_enable()
+    if grad_checkpointing:  # recompute activations in the backward pass (transformers 5 name)
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        (enable or model.gradient_checkpointing_enable)()
     pad_id = processor.tokenizer.convert_tokens_to_ids(EOT)
     # train_encoder False: the encoder is frozen (no gradients, no optimiser state), a CPU
     # budget option; its task vector is then zero on every encoder tensor.
@@ -197,30 +481,47 @@ def train(
         return lr
 
     amp = autocast_dtype(device)
-    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
-    rng = random.Random(seed)
-    order: list[int] = []
-    t0 = time.time()
+    scaler = torch.amp.GradScaler(device.split(":")[0]) if amp == torch.float16 else None
+    sampler = StepSampler(len(examples), batch_size, grad_accum, seed)
     ema = ema_ctc = None
+    start = 0
+    state = checkpoint.load(fingerprint, device) if checkpoint is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        if ctc_head is not None:
+            ctc_head.load_state_dict(state["ctc_head"])
+        opt.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        sampler.set_state(state["sampler"])
+        ema, ema_ctc, start = state["ema"], state["ema_ctc"], state["step"]
+        _set_rng_states(state["rng"])
+        log.info("resuming from step %d of %d, %s", start, total, checkpoint.path)
+        del state
+    t0 = time.time()
     decay = 0.98**grad_accum  # the smoothing of a per-batch EMA with decay 0.98
-    bar = Progress(total, "train", unit="step", items="utt", enabled=progress)
-    for step in range(total):
+    bar = Progress(total - start, "train", unit="step", items="utt", enabled=progress)
+    loader = iter(
+        feature_loader(
+            FeatureDataset(processor, examples),
+            _MicroBatchIndices(sampler, total - start, micro),
+            workers,
+            seed,
+        )
+    )
+    for step in range(start, total):
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        batches = []
-        for _ in range(grad_accum):
-            if len(order) < batch_size:
-                fresh = list(range(len(examples)))
-                rng.shuffle(fresh)
-                order.extend(fresh)
-            idx, order = order[:batch_size], order[batch_size:]
-            batches.append(idx)
+        batches = sampler.next_step()
         tokens = [sum(sum(t >= 0 for t in examples[i].labels) for i in idx) for idx in batches]
         ctc_rows = [sum(bool(examples[i].ctc_targets) for i in idx) for idx in batches]
         value = value_ctc = 0.0
         for chunk in micro_batches(batches, micro):
+            got, feats = next(loader)
+            if got != [i for _, i in chunk]:  # the loader's sampler runs the same shuffles
+                raise RuntimeError(f"data loader out of step: {got} != {chunk}")
             batch = [examples[i] for _, i in chunk]
-            feats, dec, lab = collate(batch, pad_id)
+            dec, lab = _targets(batch, pad_id)
             feats, dec, lab = feats.to(device), dec.to(device), lab.to(device)
             w_tok = torch.tensor([1.0 / (tokens[k] * grad_accum) for k, _ in chunk], device=device)
             with torch.autocast(device.split(":")[0], dtype=amp, enabled=amp is not None):
@@ -259,6 +560,23 @@ def train(
                 lr_at(step),
                 time.time() - t0,
             )
+        if checkpoint is not None and step + 1 < total and checkpoint.due(step + 1):
+            checkpoint.save(
+                {
+                    "fingerprint": fingerprint,
+                    "step": step + 1,
+                    "total": total,
+                    "model": model.state_dict(),
+                    "ctc_head": ctc_head.state_dict() if ctc_head is not None else None,
+                    "optimizer": opt.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "sampler": sampler.state(),
+                    "ema": ema,
+                    "ema_ctc": ema_ctc,
+                    "rng": _rng_states(device),
+                }
+            )
+        _after_step(step + 1)
     rates = bar.close()
     model.eval()
     return {
@@ -268,17 +586,60 @@ def train(
         "examples": len(examples),
         "steps_per_s": rates["steps_per_s"],
         "utterances_per_s": rates["utterances_per_s"],
+        **({"resumed_from_step": start} if start else {}),
     }
 
 
-def pretrain_synthetic_base(corpus_dirs: dict, cfg: dict, out_dir, seed: int, device: str = "cpu"):
+def training_checkpoint(out_dir, runtime: dict | None) -> Checkpoint | None:
+    """The :class:`Checkpoint` of the training job writing `out_dir`, from its runtime options
+    (``checkpoint_every_steps``, ``checkpoint_every_minutes``: the ``finetune`` section of
+    the config); None when both are 0 or absent."""
+    runtime = runtime or {}
+    steps = runtime.get("checkpoint_every_steps") or 0
+    minutes = runtime.get("checkpoint_every_minutes") or 0
+    if not (steps or minutes):
+        return None
+    return Checkpoint.beside(out_dir, steps, minutes)
+
+
+def run_training(model, processor, examples, out_dir, runtime: dict | None, **train_kw) -> dict:
+    """:func:`train` with the job's checkpoint and data workers (`runtime`), then save the
+    model dir atomically and remove the checkpoint (the output now exists)."""
+    from .model import save_model_dir
+
+    runtime = runtime or {}
+    checkpoint = training_checkpoint(out_dir, runtime)
+    summary = train(
+        model,
+        processor,
+        examples,
+        checkpoint=checkpoint,
+        workers=runtime.get("data_workers") or 0,
+        **train_kw,
+    )
+    model.to("cpu")
+    save_model_dir(model, processor, out_dir)
+    if checkpoint is not None:
+        checkpoint.remove()
+    return summary
+
+
+def pretrain_synthetic_base(
+    corpus_dirs: dict,
+    cfg: dict,
+    out_dir,
+    seed: int,
+    device: str = "cpu",
+    runtime: dict | None = None,
+):
     """Build and pre-train the synthetic base (multilingual ASR + ST on the *base* domain).
 
     `corpus_dirs`: {lang: corpus folder} of ``cfg['languages']``; `cfg` is
     ``config['base']['synthetic']``. The tokenizer is trained on the base and train texts
-    (transcripts and translations); never on dev or test.
+    (transcripts and translations); never on dev or test. `runtime`: checkpoints and data
+    workers (:func:`run_training`).
     """
-    from .model import build_synthetic_base, build_tokenizer, save_model_dir
+    from .model import build_synthetic_base, build_tokenizer
 
     missing = [lang for lang in cfg["languages"] if lang not in corpus_dirs]
     if missing:
@@ -298,10 +659,12 @@ def pretrain_synthetic_base(corpus_dirs: dict, cfg: dict, out_dir, seed: int, de
         [(f"{corpus_dirs[lang]}/base.tsv", lang, ["asr", "st"]) for lang in cfg["languages"]],
     )
     hp = cfg["train"]
-    summary = train(
+    return run_training(
         model,
         processor,
         examples,
+        out_dir,
+        runtime,
         lr=hp["lr"],
         batch_size=hp["batch_size"],
         max_steps=hp["steps"],
@@ -311,9 +674,6 @@ def pretrain_synthetic_base(corpus_dirs: dict, cfg: dict, out_dir, seed: int, de
         device=device,
         ctc_weight=hp.get("ctc_weight", 0.0),
     )
-    model.to("cpu")
-    save_model_dir(model, processor, out_dir)
-    return summary
 
 
 def snapshot_pretrained(name_or_path: str, out_dir) -> dict:
@@ -326,16 +686,29 @@ def snapshot_pretrained(name_or_path: str, out_dir) -> dict:
     return {"source": name_or_path, "parameters": model.num_parameters()}
 
 
-def finetune(base_dir, train_tsv, lang: str, task: str, hp: dict, out_dir, seed: int, device="cpu"):
-    """Full-parameter fine-tuning of the base on one (language, task) (paper section 4.2)."""
-    from .model import load_pretrained, save_model_dir
+def finetune(
+    base_dir,
+    train_tsv,
+    lang: str,
+    task: str,
+    hp: dict,
+    out_dir,
+    seed: int,
+    device="cpu",
+    runtime: dict | None = None,
+):
+    """Full-parameter fine-tuning of the base on one (language, task) (paper section 4.2).
+    `runtime`: checkpoints and data workers (:func:`run_training`)."""
+    from .model import load_pretrained
 
     model, processor = load_pretrained(str(base_dir))
     examples = load_examples(processor, [(train_tsv, lang, [task])])
-    summary = train(
+    return run_training(
         model,
         processor,
         examples,
+        out_dir,
+        runtime,
         lr=hp["lr"],
         batch_size=hp["batch_size"],
         grad_accum=hp["grad_accum"],
@@ -346,6 +719,3 @@ def finetune(base_dir, train_tsv, lang: str, task: str, hp: dict, out_dir, seed:
         grad_checkpointing=hp.get("gradient_checkpointing", False),
         train_encoder=hp.get("train_encoder", True),
     )
-    model.to("cpu")
-    save_model_dir(model, processor, out_dir)
-    return summary

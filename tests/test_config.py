@@ -6,8 +6,10 @@ import copy
 from pathlib import Path
 
 import pytest
+import yaml
 
 from speechmerge.config import (
+    TRAINING_RUNTIME,
     finetune_hparams,
     load_config,
     merge_lambda,
@@ -16,6 +18,7 @@ from speechmerge.config import (
     per_combination,
     setting_kind,
     train_hours,
+    training_runtime,
     validate_config,
 )
 
@@ -154,6 +157,22 @@ def test_per_combination_overrides(smoke):
     assert finetune_hparams(smoke, "ca", "asr")["lr"] == 1e-4
     del smoke["finetune"]["micro_batch_size"]  # absent: not in the params (no reruns)
     assert "micro_batch_size" not in finetune_hparams(smoke, "ca", "asr")
+
+
+def test_training_runtime_options_stay_out_of_the_params(smoke):
+    """Checkpoint frequency and data workers change how a training job runs, not its
+    result: schema defaults, read by the scripts, never in a rule's params (no reruns)."""
+    schema = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())
+    ft = schema["properties"]["finetune"]["properties"]
+    assert training_runtime(smoke) == {k: ft[k]["default"] for k in TRAINING_RUNTIME}
+    before = finetune_hparams(smoke, "de", "st")
+    smoke["finetune"].update(checkpoint_every_steps=50, data_workers=2)
+    validate_config(smoke)
+    assert finetune_hparams(smoke, "de", "st") == before
+    assert training_runtime(smoke)["checkpoint_every_steps"] == 50
+    smoke["finetune"]["checkpoint_every_minutes"] = -1
+    with pytest.raises(Exception, match="checkpoint_every_minutes"):
+        validate_config(smoke)
 
 
 def test_train_hours(smoke):

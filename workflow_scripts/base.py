@@ -1,6 +1,7 @@
 """Rule base: pretrain the synthetic base, convert a CTranslate2 Whisper, or snapshot a
 pretrained one."""
 
+from speechmerge.config import training_runtime
 from speechmerge.logutil import job_log
 from speechmerge.model import select_device
 from speechmerge.train import pretrain_synthetic_base, snapshot_pretrained
@@ -12,7 +13,12 @@ with job_log(sm.log[0], sm.threads) as log:
         corpora = {lang: sm.input[lang] for lang in base["synthetic"]["languages"]}
         device = select_device(sm.params.device)
         summary = pretrain_synthetic_base(
-            corpora, base["synthetic"], sm.output[0], sm.params.seed, device
+            corpora,
+            base["synthetic"],
+            sm.output[0],
+            sm.params.seed,
+            device,
+            runtime=training_runtime(sm.config),
         )
     elif base["source"] == "ct2":
         from speechmerge.convert import convert_ct2

@@ -1,5 +1,6 @@
 """Rule finetune: full-parameter fine-tuning on one (language, task)."""
 
+from speechmerge.config import training_runtime
 from speechmerge.logutil import job_log
 from speechmerge.model import select_device
 from speechmerge.train import finetune
@@ -17,5 +18,6 @@ with job_log(sm.log[0], sm.threads) as log:
         sm.output[0],
         sm.params.seed,
         device,
+        runtime=training_runtime(sm.config),
     )
     log.info("finetune %s-%s: %s", w.lang, w.task, summary)

@@ -1,5 +1,6 @@
 """Rule joint: a joint-training baseline on the union of its pairs' fine-tuning data."""
 
+from speechmerge.config import training_runtime
 from speechmerge.joint import pair_languages, train_joint
 from speechmerge.logutil import job_log
 from speechmerge.model import select_device
@@ -15,5 +16,6 @@ with job_log(sm.log[0], sm.threads) as log:
         sm.output[0],
         sm.params.seed,
         select_device(sm.params.device),
+        runtime=training_runtime(sm.config),
     )
     log.info("joint %s: %s", sm.wildcards.joint, summary)
