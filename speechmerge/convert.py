@@ -300,6 +300,17 @@ def whisper_tokenizer(tokenizer_json: Path, vocab_size: int):
     return tok
 
 
+def _special_ids(tokenizer) -> dict:
+    """Whisper's start/end/pad ids, shared by the model and the generation config."""
+    sot, eot = tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", "<|endoftext|>"])
+    return {
+        "decoder_start_token_id": sot,
+        "bos_token_id": eot,
+        "eos_token_id": eot,
+        "pad_token_id": eot,
+    }
+
+
 def generation_config(tokenizer, ct2_config: dict, max_target_positions: int):
     from transformers import GenerationConfig
 
@@ -315,10 +326,7 @@ def generation_config(tokenizer, ct2_config: dict, max_target_positions: int):
         }
     eot = ids("<|endoftext|>")
     gc = GenerationConfig(
-        decoder_start_token_id=ids("<|startoftranscript|>"),
-        bos_token_id=eot,
-        eos_token_id=eot,
-        pad_token_id=eot,
+        **_special_ids(tokenizer),
         max_length=max_target_positions,
         lang_to_id=lang_to_id,
         task_to_id={"transcribe": ids("<|transcribe|>"), "translate": ids("<|translate|>")},
@@ -366,14 +374,9 @@ def build_hf_model(
     state["model.encoder.embed_positions.weight"] = state["model.encoder.embed_positions.weight"][
         :positions
     ]
-    ids = tokenizer.convert_tokens_to_ids
-    eot = ids("<|endoftext|>")
     config = WhisperConfig(
         **{**sizes, "max_source_positions": positions},
-        decoder_start_token_id=ids("<|startoftranscript|>"),
-        pad_token_id=eot,
-        bos_token_id=eot,
-        eos_token_id=eot,
+        **_special_ids(tokenizer),
         scale_embedding=False,
         activation_function="gelu",
         tie_word_embeddings=True,
