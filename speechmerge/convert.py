@@ -439,9 +439,8 @@ def convert_ct2(
     if spec != "WhisperSpec":
         raise ConversionError(f"{parts[0]}: spec {spec!r}, not a Whisper model (WhisperSpec)")
     ct2_config = json.loads((data / "config.json").read_text())
-    tok = whisper_tokenizer(
-        data / "tokenizer.json", variables["decoder/embeddings/weight"].shape[0]
-    )
+    _, sizes = ct2_to_hf_state(variables)  # names a missing variable before anything else
+    tok = whisper_tokenizer(data / "tokenizer.json", sizes["vocab_size"])
     model, processor = build_hf_model(variables, tok, ct2_config, window_seconds, dtype)
     window_seconds = model.config.max_source_positions // 50
     with atomic_dir(out_dir) as tmp:
