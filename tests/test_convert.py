@@ -132,7 +132,6 @@ def _fake_packages(tmp_path, monkeypatch, part2: bytes):
     """Stand-ins for the two packages, found by installed_whisper_base."""
     import importlib.machinery
 
-    src = cv.installed_whisper_base() if _installed() else None
     dirs = {}
     for i, pkg in enumerate(cv.WHISPER_BASE_PACKAGES, start=1):
         d = tmp_path / pkg / "data"
@@ -151,7 +150,6 @@ def _fake_packages(tmp_path, monkeypatch, part2: bytes):
         return spec if name in dirs else None
 
     monkeypatch.setattr("importlib.util.find_spec", find_spec)
-    return src
 
 
 def test_damaged_package_is_refused_naming_it(tmp_path, monkeypatch):
