@@ -112,7 +112,13 @@ def test_sigterm_leaves_no_temp_output(repo_copy: Path):
 
     corpus = repo_copy / "results/corpus"
     shutil.rmtree(corpus, ignore_errors=True)
-    cmd = [SNAKEMAKE, "results/corpus/de", "--cores", "1", "--configfile", "configs/smoke.yaml"]
+    # A corpus far larger than the smoke one, so the job is still writing when the signal
+    # comes, however fast the machine (the smoke corpus can finish within the 1-s wait).
+    config = yaml.safe_load((REPO / "configs/smoke.yaml").read_text())
+    config["corpus"]["synthetic"]["utterances"].update(base=20000, train=20000)
+    slow = repo_copy / "configs/slow-corpus.yaml"
+    slow.write_text(yaml.safe_dump(config, sort_keys=False))
+    cmd = [SNAKEMAKE, "results/corpus/de", "--cores", "1", "--configfile", str(slow)]
     proc = subprocess.Popen(
         cmd,
         cwd=repo_copy,
