@@ -238,3 +238,13 @@ def test_verdict():
     assert verdict("wer", -3, -1) == "better" and verdict("wer", 1, 3) == "worse"
     assert verdict("bleu", 1, 3) == "better" and verdict("bleu", -3, -1) == "worse"
     assert verdict("wer", -1, 2) == verdict("bleu", 0, 2) == "no significant difference"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text())
+def test_normalize_is_whispers_basic_normalizer(text):
+    """Issue 17: no re-implementation — the normaliser is transformers' own, ends stripped."""
+    from transformers.models.whisper.english_normalizer import BasicTextNormalizer
+
+    assert normalize(text) == BasicTextNormalizer()(text).strip()
+    assert normalize(text) == " ".join(normalize(text).split())
