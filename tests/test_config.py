@@ -1,4 +1,4 @@
-"""Tests for speechmerge.config (schema validation and per-job config helpers)."""
+"""Tests for speechmerge.config (schema validation) and the per-job helpers of speechmerge.plan."""
 
 from __future__ import annotations
 
@@ -8,19 +8,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from speechmerge.config import (
+from speechmerge.config import SCHEMA, load_config, validate_config
+from speechmerge.plan.params import (
     TRAINING_RUNTIME,
     finetune_hparams,
-    load_config,
     merge_lambda,
     merge_params,
-    merge_settings,
     per_combination,
-    setting_kind,
     train_hours,
     training_runtime,
-    validate_config,
 )
+from speechmerge.plan.settings import merge_settings, setting_kind
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -162,7 +160,7 @@ def test_per_combination_overrides(smoke):
 def test_training_runtime_options_stay_out_of_the_params(smoke):
     """Checkpoint frequency and data workers change how a training job runs, not its
     result: schema defaults, read by the scripts, never in a rule's params (no reruns)."""
-    schema = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())
+    schema = yaml.safe_load(SCHEMA.read_text())
     ft = schema["properties"]["finetune"]["properties"]
     assert training_runtime(smoke) == {k: ft[k]["default"] for k in TRAINING_RUNTIME}
     before = finetune_hparams(smoke, "de", "st")

@@ -1,9 +1,9 @@
 """Rule base: pretrain the synthetic base, convert a CTranslate2 Whisper, or snapshot a
 pretrained one."""
 
-from speechmerge.config import training_runtime
 from speechmerge.logutil import job_log
 from speechmerge.model import select_device
+from speechmerge.plan.params import training_runtime
 from speechmerge.train import pretrain_synthetic_base, snapshot_pretrained
 
 sm = snakemake  # noqa: F821
