@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -21,6 +27,8 @@ from speechmerge.plan.params import (
 from speechmerge.plan.settings import merge_settings, setting_kind
 
 ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "configs" / "smoke.yaml"
+IGNORE = shutil.ignore_patterns("__pycache__")
 
 
 @pytest.fixture(scope="module")
@@ -240,3 +248,49 @@ def test_split_fractions_leave_training_texts(smoke):
     smoke["corpus"]["synthetic"]["dev_fraction"] = 0.6
     smoke["corpus"]["synthetic"]["test_fraction"] = 0.6
     raises(smoke, "dev_fraction", "test_fraction", "below 1")
+
+
+def test_schema_ships_inside_the_package():
+    assert SCHEMA.is_file() and "speechmerge" in str(SCHEMA)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["tool"]["setuptools"]["package-data"]["speechmerge"] == ["schemas/*.yaml"]
+
+
+def python(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], check=False, capture_output=True, text=True, **kw
+    )
+
+
+def test_validation_works_from_an_installed_wheel(tmp_path):
+    """Built and unpacked as pip installs it, away from the repository: the schema is found."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "speechmerge", src / "speechmerge", ignore=IGNORE)
+    shutil.copy2(ROOT / "pyproject.toml", src)
+    build = ["-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path)]
+    res = python(*build, str(src))
+    assert res.returncode == 0, res.stderr[-3000:]
+    (wheel,) = tmp_path.glob("speechmerge-*.whl")
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    code = f"from speechmerge.config import load_config; load_config({str(SMOKE)!r})"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    res = python("-c", code, cwd=tmp_path, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_importing_the_library_pulls_in_no_optional_dependency():
+    """The library's light modules (the plan, the config, the tables) import none of the
+    workflow's or the optional extras' packages: they load only where they are used."""
+    modules = ["speechmerge", "speechmerge.plan", "speechmerge.config", "speechmerge.report"]
+    modules += ["speechmerge.report.tables", "speechmerge.report.significance"]
+    modules += ["speechmerge.report.results_md", "speechmerge.report.hparams"]
+    modules += ["speechmerge.report.figures", "speechmerge.joint", "speechmerge.select"]
+    heavy = ["snakemake", "datasets", "espeakng_loader", "num2words", "matplotlib", "scipy"]
+    code = "; ".join(
+        [f"import {m}" for m in modules]
+        + ["import sys", f"print([m for m in {heavy!r} if m in sys.modules])"]
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = python("-c", code, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip() == "[]"
