@@ -34,7 +34,7 @@ import logging
 from .corpus import read_tsv
 from .model import load_pretrained
 from .plan.settings import pair_languages
-from .train import load_examples, optimizer_steps, run_training
+from .train import hparam_options, load_examples, optimizer_steps, run_training
 
 log = logging.getLogger(__name__)
 
@@ -81,20 +81,6 @@ def train_joint(
         steps,
         hp["lr"],
     )
-    summary = run_training(
-        model,
-        processor,
-        examples,
-        out_dir,
-        runtime,
-        lr=hp["lr"],
-        batch_size=hp["batch_size"],
-        grad_accum=hp["grad_accum"],
-        max_steps=steps,
-        micro_batch_size=hp.get("micro_batch_size"),
-        seed=seed,
-        device=device,
-        grad_checkpointing=hp.get("gradient_checkpointing", False),
-        train_encoder=hp.get("train_encoder", True),
-    )
+    opts = {"max_steps": steps, "seed": seed, "device": device, **hparam_options(hp)}
+    summary = run_training(model, processor, examples, out_dir, runtime, **opts)
     return {**summary, "pairs": [f"{lang}-{t}" for lang, t in pairs]}

@@ -119,20 +119,16 @@ def _training_rows(config: dict, s: Scores, pairs: list[tuple[str, str]]) -> dic
     rows: dict[str, dict] = {}
     if "mlmt" in joint:
         rows["ML and MT training"] = {p: s.joint("mlmt", *p) for p in pairs}
-    if all(f"mt-{lang}" in joint for lang, _ in pairs):
-        rows["MT training"] = {(lang, t): s.joint(f"mt-{lang}", lang, t) for lang, t in pairs}
-    if "mttrain-mlmerge" in combined:
-        for m in combined_methods(config):
-            rows[f"MT training + ML {METHOD_NAMES[m]}"] = {
-                p: s.merged("mttrain-mlmerge", m, *p) for p in pairs
-            }
-    if all(f"ml-{t}" in joint for _, t in pairs):
-        rows["ML training"] = {(lang, t): s.joint(f"ml-{t}", lang, t) for lang, t in pairs}
-    if "mltrain-mtmerge" in combined:
-        for m in combined_methods(config):
-            rows[f"ML training + MT {METHOD_NAMES[m]}"] = {
-                p: s.merged("mltrain-mtmerge", m, *p) for p in pairs
-            }
+    # (row, the joint model of a pair, the combined setting merging those models, its rows)
+    for row, model, setting, merged in (
+        ("MT training", lambda lang, t: f"mt-{lang}", "mttrain-mlmerge", "MT training + ML"),
+        ("ML training", lambda lang, t: f"ml-{t}", "mltrain-mtmerge", "ML training + MT"),
+    ):
+        if all(model(*p) in joint for p in pairs):
+            rows[row] = {p: s.joint(model(*p), *p) for p in pairs}
+        if setting in combined:
+            for m in combined_methods(config):
+                rows[f"{merged} {METHOD_NAMES[m]}"] = {p: s.merged(setting, m, *p) for p in pairs}
     return rows
 
 
