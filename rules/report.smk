@@ -24,7 +24,7 @@ rule tables:
 
 
 # Paired-bootstrap CIs and p-values of every comparison the verdicts state
-# (speechmerge.significance), from the score files' hypotheses.
+# (speechmerge.report.significance), from the score files' hypotheses.
 rule significance:
     input:
         P.score_files(),

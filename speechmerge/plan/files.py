@@ -26,7 +26,6 @@ from .settings import (
 #: Where a run's outputs go (relative to the workflow's working directory).
 RESULTS = "results"
 
-
 #: The score folders (``{SCORES}/{system}/{lang}-{task}.json``); a system is named by its path.
 SCORES = f"{RESULTS}/scores"
 

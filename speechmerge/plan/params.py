@@ -11,11 +11,9 @@ from .settings import combined_settings, setting_kind
 #: Methods whose optional hyper-parameter sections ``merge.<method>`` are passed through.
 METHOD_PARAM_SECTIONS = ("ties", "dare", "tsvm", "iso_cts", "cart")
 
-
 #: Methods that read neither a rank ratio r nor a keep ratio p (Weight Averaging, Task
 #: Arithmetic): a dev-selected (r, p) cannot change their merges.
 RATIO_FREE_METHODS = frozenset({"wa", "ta"})
-
 
 #: ``finetune`` keys that change how a training job runs, not what it computes, with their
 #: schema defaults: workflow scripts read them from the config (never rule params, so

@@ -4,8 +4,8 @@
   language), ``mlmt``, and Table 4's training-then-merging settings, which merge joint
   models' task vectors (:func:`combined_settings`).
 * Joint-training baselines (``joint.settings``; :mod:`speechmerge.joint` trains them).
-* Study settings (``study.*``; :mod:`speechmerge.study`): Figure 3's language combinations,
-  Figure 4's data scales; Tables 7-10 for the low-resource language set.
+* Study settings (``study.*``): Figure 3's language combinations, Figure 4's data scales
+  (Figure 5's sweeps: :mod:`speechmerge.study`); Tables 7-10 for the low-resource set.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ SETTINGS_HELP = {
     "mlmt": "multi-lingual multi-task: every (language, task) task vector",
 }
 
-
 #: Training-then-merging settings of Table 4; they merge joint models' task vectors
 #: (:func:`combined_settings`), so :func:`merge_settings` leaves them out.
 COMBINED_SETTINGS = {
@@ -30,12 +29,8 @@ COMBINED_SETTINGS = {
     "mltrain-mtmerge": "ML training, then MT merging: the ml-asr and ml-st joint models'",
 }
 
-
-JOINT_SETTINGS = ("ml-asr", "ml-st", "mt", "mlmt")
-
-
+#: ``merge.combined_methods`` when the config leaves it out.
 DEFAULT_COMBINED_METHODS = ["ta", "lors"]
-
 
 #: Table numbers of the low-resource set: Tables 1-4 become Tables 7-10 (appendix B). Table 9
 #: is per language (like Table 11 for the high-resource set), so it takes table11's layout.
@@ -46,7 +41,7 @@ LOW_RESOURCE_TABLES = {
     "table4": "table10",
 }
 
-
+#: Tables 5-6 of appendix A (the hyper-parameters used) and the task of each.
 HPARAM_TABLES = (("table5", "asr"), ("table6", "st"))
 
 
