@@ -2,6 +2,8 @@
 # Reads like a table of contents; every stage lives in rules/<stage>.smk.
 from snakemake.utils import min_version, validate
 
+from speechmerge.config import SCHEMA
+
 min_version("8.0")
 
 
@@ -13,14 +15,13 @@ if not workflow.overwrite_configfiles:
     configfile: "config.yaml"
 
 
-validate(config, "schemas/config.schema.yaml")
+validate(config, str(SCHEMA))  # the JSON schema ships inside the package
 
 
 report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
-include: "rules/study_common.smk"
 include: "rules/corpus.smk"
 include: "rules/base.smk"
 include: "rules/finetune.smk"
@@ -39,4 +40,4 @@ onstart:
 rule all:
     default_target: True
     input:
-        final_targets(),
+        P.final_targets(),

@@ -3,9 +3,9 @@
 
 rule base:
     input:
-        unpack(base_corpora),
+        unpack(lambda w: P.base_corpora()),
     output:
-        directory(f"{R}/models/base"),
+        directory(P.base),
     log:
         "logs/base/base.log",
     benchmark:
@@ -18,6 +18,6 @@ rule base:
     params:
         base=config["base"],
         seed=config["seed"],
-        device=config.get("device", "auto"),
+        device=P.device,
     script:
         "../workflow_scripts/base.py"

@@ -6,7 +6,7 @@ if config["source"] == "covost2":
 
     rule corpus_covost2:
         output:
-            directory(f"{R}/corpus/{{lang}}"),
+            directory(P.corpus_dir("{lang}")),
         log:
             "logs/corpus/{lang}.log",
         benchmark:
@@ -22,7 +22,7 @@ else:
 
     rule corpus_synthetic:
         output:
-            directory(f"{R}/corpus/{{lang}}"),
+            directory(P.corpus_dir("{lang}")),
         log:
             "logs/corpus/{lang}.log",
         benchmark:
@@ -38,11 +38,11 @@ else:
 
 rule subset:
     input:
-        corpus=lambda w: corpus_dir(w.lang),
+        corpus=lambda w: P.corpus_dir(w.lang),
     output:
-        train=f"{R}/subsets/{{lang}}/train.tsv",
-        dev=f"{R}/subsets/{{lang}}/dev.tsv",
-        test=f"{R}/subsets/{{lang}}/test.tsv",
+        train=P.subset_tsv("{lang}", "train"),
+        dev=P.subset_tsv("{lang}", "dev"),
+        test=P.subset_tsv("{lang}", "test"),
         summary=f"{R}/subsets/{{lang}}/summary.json",
     log:
         "logs/subset/{lang}.log",
@@ -50,7 +50,7 @@ rule subset:
         "../envs/speechmerge.yaml"
     params:
         hours=lambda w: {
-            "train": smcfg.train_hours(config, w.lang),
+            "train": smparams.train_hours(config, w.lang),
             "dev": config["subset"]["dev_hours"],
             "test": config["subset"]["test_hours"],
         },

@@ -3,10 +3,10 @@
 
 rule finetune:
     input:
-        base=f"{R}/models/base",
-        train=lambda w: subset_tsv(w.lang, "train"),
+        base=P.base,
+        train=lambda w: P.subset_tsv(w.lang, "train"),
     output:
-        directory(f"{R}/models/finetuned/{{lang}}-{{task}}"),
+        directory(P.finetuned("{lang}", "{task}")),
     log:
         "logs/finetune/{lang}-{task}.log",
     benchmark:
@@ -17,19 +17,19 @@ rule finetune:
     resources:
         gpu=1,
     params:
-        hp=lambda w: smcfg.finetune_hparams(config, w.lang, w.task),
+        hp=lambda w: smparams.finetune_hparams(config, w.lang, w.task),
         seed=config["seed"],
-        device=config.get("device", "auto"),
+        device=P.device,
     script:
         "../workflow_scripts/finetune.py"
 
 
 rule taskvector:
     input:
-        base=f"{R}/models/base",
-        finetuned=f"{R}/models/finetuned/{{lang}}-{{task}}",
+        base=P.base,
+        finetuned=P.finetuned("{lang}", "{task}"),
     output:
-        f"{R}/taskvectors/{{lang}}-{{task}}.safetensors",
+        P.taskvector("{lang}", "{task}"),
     log:
         "logs/taskvector/{lang}-{task}.log",
     benchmark:

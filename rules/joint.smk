@@ -1,23 +1,18 @@
 # Stage: joint-training baselines (multi-lingual, multi-task, both; speechmerge.joint), their
 # scores, and Table 4's training-then-merging settings (merges of joint models' task vectors).
-# JOINT, COMBINED and COMBINED_METHODS come from rules/common.smk.
-
-
-wildcard_constraints:
-    joint="|".join(re.escape(j) for j in JOINT) or "NONE",
-    combined="|".join(re.escape(c) for c in COMBINED) or "NONE",
+# P.joint, P.combined and P.combined_methods: speechmerge.plan.
 
 
 rule joint:
     input:
-        base=f"{R}/models/base",
+        base=P.base,
         # one training TSV per language, in the order the script zips them back in
         train=lambda w: [
-            subset_tsv(lang, "train")
-            for lang in smjoint.pair_languages(JOINT[w.joint])
+            P.subset_tsv(lang, "train")
+            for lang in smsettings.pair_languages(P.joint[w.joint])
         ],
     output:
-        directory(f"{R}/models/joint/{{joint}}"),
+        directory(P.joint_model("{joint}")),
     log:
         "logs/joint/{joint}.log",
     benchmark:
@@ -28,20 +23,20 @@ rule joint:
     resources:
         gpu=1,
     params:
-        pairs=lambda w: JOINT[w.joint],
-        hp=lambda w: smjoint.joint_hparams(config, w.joint),
+        pairs=lambda w: P.joint[w.joint],
+        hp=lambda w: smparams.joint_hparams(config, w.joint),
         seed=config["seed"],
-        device=config.get("device", "auto"),
+        device=P.device,
     script:
         "../workflow_scripts/joint.py"
 
 
 use rule taskvector as joint_taskvector with:
     input:
-        base=f"{R}/models/base",
-        finetuned=f"{R}/models/joint/{{joint}}",
+        base=P.base,
+        finetuned=P.joint_model("{joint}"),
     output:
-        f"{R}/taskvectors/joint/{{joint}}.safetensors",
+        P.joint_taskvector("{joint}"),
     log:
         "logs/taskvector/joint/{joint}.log",
     benchmark:
@@ -50,66 +45,63 @@ use rule taskvector as joint_taskvector with:
 
 use rule score_pretrained as score_joint with:
     input:
-        model=f"{R}/models/joint/{{joint}}",
-        test=lambda w: [subset_tsv(lang, "test") for lang, _ in JOINT[w.joint]],
+        model=P.joint_model("{joint}"),
+        test=lambda w: pair_tests(P.joint[w.joint]),
     output:
-        directory(f"{R}/scores/joint/{{joint}}"),
+        directory(P.scores("joint/{joint}")),
     log:
         "logs/score/joint/{joint}.log",
     benchmark:
         "benchmarks/score/joint/{joint}.tsv"
     params:
-        pairs=lambda w: JOINT[w.joint],
+        pairs=lambda w: P.joint[w.joint],
         decode=config["decode"],
-        device=config.get("device", "auto"),
+        device=P.device,
 
 
 rule merge_combined:
     input:
-        base=f"{R}/models/base",
+        base=P.base,
         taskvectors=lambda w: [
-            f"{R}/taskvectors/joint/{name}.safetensors"
-            for name in COMBINED[w.combined]["models"]
+            P.joint_taskvector(name) for name in P.combined[w.combined]["models"]
         ],
     output:
-        directory(f"{R}/merged/{{combined}}/{{method}}"),
+        directory(P.merged("{combined}", "{method}")),
     log:
         "logs/merge/{combined}/{method}.log",
     benchmark:
         "benchmarks/merge/{combined}/{method}.tsv"
     wildcard_constraints:
-        method="|".join(COMBINED_METHODS),
+        method="|".join(P.combined_methods),
     conda:
         "../envs/speechmerge.yaml"
     params:
-        lam=lambda w: smcfg.merge_lambda(config, w.combined),
-        params=lambda w: smjoint.combined_params(config, w.combined),
+        lam=lambda w: smparams.merge_lambda(config, w.combined),
+        params=lambda w: smparams.combined_params(config, w.combined),
     script:
         "../workflow_scripts/merge.py"
 
 
 rule score_combined:
     input:
-        model=f"{R}/merged/{{combined}}/{{method}}",
-        test=lambda w: [
-            subset_tsv(lang, "test") for lang, _ in COMBINED[w.combined]["pairs"]
-        ],
+        model=P.merged("{combined}", "{method}"),
+        test=lambda w: pair_tests(P.combined[w.combined]["pairs"]),
     output:
-        directory(f"{R}/scores/merged/{{combined}}/{{method}}"),
+        directory(P.scores("merged/{combined}/{method}")),
     log:
         "logs/score/merged/{combined}/{method}.log",
     benchmark:
         "benchmarks/score/merged/{combined}/{method}.tsv"
     wildcard_constraints:
-        method="|".join(COMBINED_METHODS),
+        method="|".join(P.combined_methods),
     conda:
         "../envs/speechmerge.yaml"
     threads: 1
     resources:
         gpu=1,
     params:
-        pairs=lambda w: COMBINED[w.combined]["pairs"],
+        pairs=lambda w: P.combined[w.combined]["pairs"],
         decode=config["decode"],
-        device=config.get("device", "auto"),
+        device=P.device,
     script:
         "../workflow_scripts/score.py"

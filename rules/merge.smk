@@ -3,12 +3,12 @@
 
 rule merge:
     input:
-        base=f"{R}/models/base",
+        base=P.base,
         taskvectors=setting_taskvectors,
-        sel_tv=lambda w: tv_selections(SETTINGS[w.setting], w.method),
-        sel_lambda=lambda w: lambda_selections(w.setting, w.method),
+        sel_tv=lambda w: P.tv_selections(P.settings[w.setting], w.method),
+        sel_lambda=lambda w: P.lambda_selections(w.setting, w.method),
     output:
-        directory(f"{R}/merged/{{setting}}/{{method}}"),
+        directory(P.merged("{setting}", "{method}")),
     log:
         "logs/merge/{setting}/{method}.log",
     benchmark:
@@ -16,7 +16,7 @@ rule merge:
     conda:
         "../envs/speechmerge.yaml"
     params:
-        lam=lambda w: smcfg.merge_lambda(config, w.setting),
-        params=lambda w: smcfg.merge_params(config, SETTINGS[w.setting]),
+        lam=lambda w: smparams.merge_lambda(config, w.setting),
+        params=lambda w: smparams.merge_params(config, P.settings[w.setting]),
     script:
         "../workflow_scripts/merge.py"

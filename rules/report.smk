@@ -3,14 +3,14 @@
 
 rule tables:
     input:
-        score_files(),
+        P.score_files(),
     output:
         csv=report(
-            expand(f"{R}/tables/{{name}}.csv", name=table_names()),
+            expand(P.table("{name}", "csv"), name=P.table_names()),
             category="Tables",
             caption="../report/tables.rst",
         ),
-        md=expand(f"{R}/tables/{{name}}.md", name=table_names()),
+        md=expand(P.table("{name}", "md"), name=P.table_names()),
     log:
         "logs/report/tables.log",
     conda:
@@ -18,23 +18,23 @@ rule tables:
     params:
         config=config,
         scores=lambda w, input: os.path.commonpath(list(input)),
-        settings=SETTINGS,
+        settings=P.settings,
     script:
         "../workflow_scripts/tables.py"
 
 
 # Paired-bootstrap CIs and p-values of every comparison the verdicts state
-# (speechmerge.significance), from the score files' hypotheses.
+# (speechmerge.report.significance), from the score files' hypotheses.
 rule significance:
     input:
-        score_files(),
+        P.score_files(),
     output:
         csv=report(
-            f"{R}/tables/significance.csv",
+            P.table("significance", "csv"),
             category="Tables",
             caption="../report/significance.rst",
         ),
-        md=f"{R}/tables/significance.md",
+        md=P.table("significance", "md"),
     log:
         "logs/report/significance.log",
     benchmark:
@@ -44,6 +44,6 @@ rule significance:
     params:
         config=config,
         scores=lambda w, input: os.path.commonpath(list(input)),
-        settings=SETTINGS,
+        settings=P.settings,
     script:
         "../workflow_scripts/significance.py"

@@ -3,10 +3,10 @@
 
 rule score_pretrained:
     input:
-        model=f"{R}/models/base",
-        test=lambda w: subset_tsv(w.lang, "test"),
+        model=P.base,
+        test=lambda w: P.subset_tsv(w.lang, "test"),
     output:
-        f"{R}/scores/pretrained/{{lang}}-{{task}}.json",
+        P.score_file("pretrained", "{lang}", "{task}"),
     log:
         "logs/score/pretrained/{lang}-{task}.log",
     benchmark:
@@ -19,17 +19,17 @@ rule score_pretrained:
     params:
         pairs=lambda w: [(w.lang, w.task)],
         decode=config["decode"],
-        device=config.get("device", "auto"),
+        device=P.device,
     script:
         "../workflow_scripts/score.py"
 
 
 use rule score_pretrained as score_finetuned with:
     input:
-        model=f"{R}/models/finetuned/{{lang}}-{{task}}",
-        test=lambda w: subset_tsv(w.lang, "test"),
+        model=P.finetuned("{lang}", "{task}"),
+        test=lambda w: P.subset_tsv(w.lang, "test"),
     output:
-        f"{R}/scores/finetuned/{{lang}}-{{task}}.json",
+        P.score_file("finetuned", "{lang}", "{task}"),
     log:
         "logs/score/finetuned/{lang}-{task}.log",
     benchmark:
@@ -42,10 +42,10 @@ use rule score_pretrained as score_finetuned with:
 # re-merges and rescores only the settings that contain it.
 rule score_merged:
     input:
-        model=lambda w: [f"{R}/merged/{w.setting}/{m}" for m in METHODS],
+        model=lambda w: [P.merged(w.setting, m) for m in P.methods],
         test=setting_tests,
     output:
-        [directory(f"{R}/scores/merged/{{setting}}/{m}") for m in METHODS],
+        [directory(P.scores(f"merged/{{setting}}/{m}")) for m in P.methods],
     log:
         "logs/score/merged/{setting}.log",
     benchmark:
@@ -56,8 +56,8 @@ rule score_merged:
     resources:
         gpu=1,
     params:
-        pairs=lambda w: SETTINGS[w.setting],
+        pairs=lambda w: P.settings[w.setting],
         decode=config["decode"],
-        device=config.get("device", "auto"),
+        device=P.device,
     script:
         "../workflow_scripts/score.py"

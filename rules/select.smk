@@ -1,16 +1,16 @@
 # Stage: dev-set selection (speechmerge.select) of each task vector's (r, p) and of each merge
 # setting's λ per method, from the grids in `merge.select`. Only the DEV split is decoded.
 # Without `merge.select` nothing here runs and the merges take λ, r and p from the config.
-# Helpers: rules/study_common.smk.
+# Helpers: Plan.tv_selections / Plan.lambda_selections (speechmerge.plan).
 
 
 rule select_taskvector:
     input:
-        base=f"{R}/models/base",
-        taskvector=lambda w: taskvector(w.lang, w.task),
-        dev=lambda w: subset_tsv(w.lang, "dev"),
+        base=P.base,
+        taskvector=lambda w: P.taskvector(w.lang, w.task),
+        dev=lambda w: P.subset_tsv(w.lang, "dev"),
     output:
-        f"{R}/selection/taskvectors/{{lang}}-{{task}}.json",
+        P.tv_selection("{lang}", "{task}"),
     log:
         "logs/selection/taskvectors/{lang}-{task}.log",
     benchmark:
@@ -21,21 +21,21 @@ rule select_taskvector:
     resources:
         gpu=1,
     params:
-        select=SELECT,
+        select=P.select,
         decode=config["decode"],
-        device=config.get("device", "auto"),
+        device=P.device,
     script:
         "../workflow_scripts/select_taskvector.py"
 
 
 rule select_lambda:
     input:
-        base=f"{R}/models/base",
+        base=P.base,
         taskvectors=setting_taskvectors,
-        selections=lambda w: tv_selections(SETTINGS[w.setting]),
-        dev=lambda w: [subset_tsv(lang, "dev") for lang, _ in SETTINGS[w.setting]],
+        selections=lambda w: P.tv_selections(P.settings[w.setting]),
+        dev=lambda w: [P.subset_tsv(lang, "dev") for lang, _ in P.settings[w.setting]],
     output:
-        f"{R}/selection/lambda/{{setting}}.json",
+        P.lambda_selection("{setting}"),
     log:
         "logs/selection/lambda/{setting}.log",
     benchmark:
@@ -46,11 +46,11 @@ rule select_lambda:
     resources:
         gpu=1,
     params:
-        pairs=lambda w: SETTINGS[w.setting],
-        params=lambda w: smcfg.merge_params(config, SETTINGS[w.setting]),
-        methods=smselect.lambda_methods(config),
-        select=SELECT,
+        pairs=lambda w: P.settings[w.setting],
+        params=lambda w: smparams.merge_params(config, P.settings[w.setting]),
+        methods=smparams.lambda_methods(config),
+        select=P.select,
         decode=config["decode"],
-        device=config.get("device", "auto"),
+        device=P.device,
     script:
         "../workflow_scripts/select_lambda.py"

@@ -1,20 +1,20 @@
-# Stage: the paper's studies (speechmerge.study): Figure 3 (number of merged languages),
-# Figure 4 (training data per language), Figure 5 (SVP / MP retain ratio) and Tables 5-6 (the
-# hyper-parameters used). Each figure runs only when its `study.*` config section exists.
-# Helpers: rules/study_common.smk.
+# Stage: the paper's studies: Figure 3 (number of merged languages), Figure 4 (training data
+# per language), Figure 5 (SVP / MP retain ratio) and Tables 5-6 (the hyper-parameters used).
+# Each figure runs only when its `study.*` config section exists; what each needs is planned
+# in speechmerge.plan (P.study, P.fig3_inputs() ...).
 
 
 rule subset_scaled:
     input:
-        corpus=lambda w: corpus_dir(w.lang),
+        corpus=lambda w: P.corpus_dir(w.lang),
     output:
-        f"{R}/subsets/{{lang}}/train@{{scale}}.tsv",
+        P.subset_tsv("{lang}", "train@{scale}"),
     log:
         "logs/subset/{lang}-train@{scale}.log",
     conda:
         "../envs/speechmerge.yaml"
     params:
-        hours=lambda w: smcfg.train_hours(config, w.lang) * float(w.scale),
+        hours=lambda w: smparams.train_hours(config, w.lang) * float(w.scale),
         scale=config["subset"]["scale"],
         seed=config["seed"],
     script:
@@ -23,10 +23,10 @@ rule subset_scaled:
 
 use rule finetune as finetune_scaled with:
     input:
-        base=f"{R}/models/base",
-        train=f"{R}/subsets/{{lang}}/train@{{scale}}.tsv",
+        base=P.base,
+        train=P.subset_tsv("{lang}", "train@{scale}"),
     output:
-        directory(f"{R}/models/finetuned@{{scale}}/{{lang}}-{{task}}"),
+        directory(P.finetuned("{lang}", "{task}", "{scale}")),
     log:
         "logs/finetune@{scale}/{lang}-{task}.log",
     benchmark:
@@ -35,10 +35,10 @@ use rule finetune as finetune_scaled with:
 
 use rule taskvector as taskvector_scaled with:
     input:
-        base=f"{R}/models/base",
-        finetuned=f"{R}/models/finetuned@{{scale}}/{{lang}}-{{task}}",
+        base=P.base,
+        finetuned=P.finetuned("{lang}", "{task}", "{scale}"),
     output:
-        f"{R}/taskvectors@{{scale}}/{{lang}}-{{task}}.safetensors",
+        P.taskvector("{lang}", "{task}", "{scale}"),
     log:
         "logs/taskvector@{scale}/{lang}-{task}.log",
     benchmark:
@@ -47,10 +47,10 @@ use rule taskvector as taskvector_scaled with:
 
 use rule score_pretrained as score_finetuned_scaled with:
     input:
-        model=f"{R}/models/finetuned@{{scale}}/{{lang}}-{{task}}",
-        test=lambda w: subset_tsv(w.lang, "test"),
+        model=P.finetuned("{lang}", "{task}", "{scale}"),
+        test=lambda w: P.subset_tsv(w.lang, "test"),
     output:
-        f"{R}/scores/finetuned@{{scale}}/{{lang}}-{{task}}.json",
+        P.score_file("finetuned@{scale}", "{lang}", "{task}"),
     log:
         "logs/score/finetuned@{scale}/{lang}-{task}.log",
     benchmark:
@@ -62,13 +62,13 @@ use rule score_pretrained as score_finetuned_scaled with:
 # budget rule of rules/joint.smk applied to the smaller data).
 use rule joint as joint_scaled with:
     input:
-        base=f"{R}/models/base",
+        base=P.base,
         train=lambda w: [
-            f"{R}/subsets/{lang}/train@{w.scale}.tsv"
-            for lang in smjoint.pair_languages(JOINT[w.joint])
+            P.subset_tsv(lang, f"train@{w.scale}")
+            for lang in smsettings.pair_languages(P.joint[w.joint])
         ],
     output:
-        directory(f"{R}/models/joint@{{scale}}/{{joint}}"),
+        directory(P.joint_model("{joint}", "{scale}")),
     log:
         "logs/joint@{scale}/{joint}.log",
     benchmark:
@@ -77,10 +77,10 @@ use rule joint as joint_scaled with:
 
 use rule score_joint as score_joint_scaled with:
     input:
-        model=f"{R}/models/joint@{{scale}}/{{joint}}",
-        test=lambda w: [subset_tsv(lang, "test") for lang, _ in JOINT[w.joint]],
+        model=P.joint_model("{joint}", "{scale}"),
+        test=lambda w: pair_tests(P.joint[w.joint]),
     output:
-        directory(f"{R}/scores/joint@{{scale}}/{{joint}}"),
+        directory(P.scores("joint@{scale}/{joint}")),
     log:
         "logs/score/joint@{scale}/{joint}.log",
     benchmark:
@@ -91,49 +91,44 @@ use rule score_joint as score_joint_scaled with:
 # full-data (r, p) selected for each (language, task): one selection serves every variant.
 use rule merge as merge_study with:
     input:
-        base=f"{R}/models/base",
-        taskvectors=lambda w: [
-            taskvector_at(lang, task, smstudy.fmt_scale(STUDY[w.ssetting]["scale"]))
-            for lang, task in STUDY[w.ssetting]["pairs"]
-        ],
-        sel_tv=lambda w: tv_selections(STUDY[w.ssetting]["pairs"], w.method),
-        sel_lambda=lambda w: lambda_selections(STUDY[w.ssetting]["kind"], w.method),
+        base=P.base,
+        taskvectors=lambda w: P.study_taskvectors(w.ssetting),
+        sel_tv=lambda w: P.tv_selections(P.study[w.ssetting]["pairs"], w.method),
+        sel_lambda=lambda w: P.lambda_selections(P.study[w.ssetting]["kind"], w.method),
     output:
-        directory(f"{R}/merged/study/{{ssetting}}/{{method}}"),
+        directory(P.merged("study/{ssetting}", "{method}")),
     log:
         "logs/merge/study/{ssetting}/{method}.log",
     benchmark:
         "benchmarks/merge/study/{ssetting}/{method}.tsv"
     params:
-        lam=lambda w: smcfg.merge_lambda(config, STUDY[w.ssetting]["kind"]),
-        params=lambda w: smcfg.merge_params(config, STUDY[w.ssetting]["pairs"]),
+        lam=lambda w: smparams.merge_lambda(config, P.study[w.ssetting]["kind"]),
+        params=lambda w: smparams.merge_params(config, P.study[w.ssetting]["pairs"]),
 
 
 use rule score_pretrained as score_study with:
     input:
-        model=f"{R}/merged/study/{{ssetting}}/{{method}}",
-        test=lambda w: [
-            subset_tsv(lang, "test") for lang, _ in STUDY[w.ssetting]["pairs"]
-        ],
+        model=P.merged("study/{ssetting}", "{method}"),
+        test=lambda w: pair_tests(P.study[w.ssetting]["pairs"]),
     output:
-        directory(f"{R}/scores/study/{{ssetting}}/{{method}}"),
+        directory(P.scores("study/{ssetting}/{method}")),
     log:
         "logs/score/study/{ssetting}/{method}.log",
     benchmark:
         "benchmarks/score/study/{ssetting}/{method}.tsv"
     params:
-        pairs=lambda w: STUDY[w.ssetting]["pairs"],
+        pairs=lambda w: P.study[w.ssetting]["pairs"],
         decode=config["decode"],
-        device=config.get("device", "auto"),
+        device=P.device,
 
 
 rule prune_sweep:
     input:
-        base=f"{R}/models/base",
-        taskvector=lambda w: taskvector_at(w.lang, "asr", w.dscale),
-        test=lambda w: subset_tsv(w.lang, "test"),
+        base=P.base,
+        taskvector=lambda w: P.taskvector(w.lang, "asr", w.dscale),
+        test=lambda w: P.subset_tsv(w.lang, "test"),
     output:
-        f"{R}/study/prune/{{dscale}}/{{lang}}-asr.json",
+        P.prune_sweep("{dscale}", "{lang}"),
     log:
         "logs/study/prune/{dscale}/{lang}-asr.log",
     benchmark:
@@ -144,77 +139,77 @@ rule prune_sweep:
     resources:
         gpu=1,
     params:
-        ratios=RETAIN.get("ratios"),
-        prunes=RETAIN.get("methods", ["svp", "mp"]),
-        hours=lambda w: smcfg.train_hours(config, w.lang) * float(w.dscale),
+        ratios=P.retain.get("ratios"),
+        prunes=P.retain.get("methods", ["svp", "mp"]),
+        hours=lambda w: smparams.train_hours(config, w.lang) * float(w.dscale),
         decode=config["decode"],
-        device=config.get("device", "auto"),
+        device=P.device,
     script:
         "../workflow_scripts/prune_sweep.py"
 
 
 rule figure3:
     input:
-        **fig3_inputs(),
+        **P.fig3_inputs(),
     output:
         png=report(
-            f"{R}/figures/fig3-num-languages.png",
+            P.figure("fig3-num-languages", "png"),
             category="Figures",
             caption="../report/fig3.rst",
         ),
-        csv=f"{R}/figures/fig3-num-languages.csv",
+        csv=P.figure("fig3-num-languages", "csv"),
     log:
         "logs/report/fig3.log",
     conda:
         "../envs/speechmerge.yaml"
     params:
         preset=config["preset"],
-        settings=lambda w: comb_settings(),
+        settings=lambda w: P.comb_settings(),
         finetuned=lambda w, input: os.path.dirname(input.finetuned[0]),
-        merged=lambda w: fig3_dirs(),
-        methods=smstudy.study_methods(config, "num_languages"),
+        merged=lambda w: P.fig3_dirs(),
+        methods=smsettings.study_methods(config, "num_languages"),
     script:
         "../workflow_scripts/figure3.py"
 
 
 rule figure4:
     input:
-        fig4_inputs(),
+        P.fig4_inputs(),
     output:
         png=report(
-            f"{R}/figures/fig4-data-scale.png",
+            P.figure("fig4-data-scale", "png"),
             category="Figures",
             caption="../report/fig4.rst",
         ),
-        csv=f"{R}/figures/fig4-data-scale.csv",
+        csv=P.figure("fig4-data-scale", "csv"),
     log:
         "logs/report/fig4.log",
     conda:
         "../envs/speechmerge.yaml"
     params:
         preset=config["preset"],
-        langs=LANGS,
-        tasks=TASKS,
-        scales=smstudy.data_scales(config),
-        hours={lang: smcfg.train_hours(config, lang) for lang in LANGS},
-        finetuned={s: finetuned_scores_at(s) for s in ALL_SCALES},
-        merged=lambda w: fig4_dirs(),
-        joint=lambda w: fig4_joint_dirs(),
-        methods=smstudy.study_methods(config, "data_scale"),
+        langs=P.langs,
+        tasks=P.tasks,
+        scales=smsettings.data_scales(config),
+        hours={lang: smparams.train_hours(config, lang) for lang in P.langs},
+        finetuned={s: P.finetuned_scores(s) for s in P.all_scales},
+        merged=lambda w: P.fig4_dirs(),
+        joint=lambda w: P.fig4_joint_dirs(),
+        methods=smsettings.study_methods(config, "data_scale"),
     script:
         "../workflow_scripts/figure4.py"
 
 
 rule figure5:
     input:
-        fig5_inputs(),
+        P.fig5_inputs(),
     output:
         png=report(
-            f"{R}/figures/fig5-retain-ratio.png",
+            P.figure("fig5-retain-ratio", "png"),
             category="Figures",
             caption="../report/fig5.rst",
         ),
-        csv=f"{R}/figures/fig5-retain-ratio.csv",
+        csv=P.figure("fig5-retain-ratio", "csv"),
     log:
         "logs/report/fig5.log",
     conda:
@@ -227,35 +222,23 @@ rule figure5:
 
 rule hparam_tables:
     input:
-        tv=[tv_selection(lang, task) for lang, task in PAIRS] if SELECT else [],
-        lam=(
-            [lambda_selection(s) for s in ("ml-asr", "ml-st") if s in SETTINGS]
-            if SELECT
-            else []
-        ),
+        tv=list(P.hparam_selections()[0].values()),
+        lam=list(P.hparam_selections()[1].values()),
     output:
         csv=report(
-            expand(f"{R}/tables/{{name}}.csv", name=hparam_table_names()),
+            expand(P.table("{name}", "csv"), name=P.hparam_table_names()),
             category="Tables",
             caption="../report/hparams.rst",
         ),
-        md=expand(f"{R}/tables/{{name}}.md", name=hparam_table_names()),
+        md=expand(P.table("{name}", "md"), name=P.hparam_table_names()),
     log:
         "logs/report/hparam_tables.log",
     conda:
         "../envs/speechmerge.yaml"
     params:
         config=config,
-        settings=SETTINGS,
-        tv=(
-            {f"{lang}-{task}": tv_selection(lang, task) for lang, task in PAIRS}
-            if SELECT
-            else {}
-        ),
-        lam=(
-            {s: lambda_selection(s) for s in ("ml-asr", "ml-st") if s in SETTINGS}
-            if SELECT
-            else {}
-        ),
+        settings=P.settings,
+        tv=P.hparam_selections()[0],
+        lam=P.hparam_selections()[1],
     script:
         "../workflow_scripts/hparam_tables.py"

@@ -544,7 +544,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.command == "verify":
             return _cmd_verify(args)
         if args.command == "results-md":
-            from .results_md import replace_section, results_section
+            from .report.results_md import replace_section, results_section
 
             readme_dir = Path(args.readme).resolve().parent if args.readme else Path.cwd()
             section = results_section(args.run_dir, args.figures_dir, readme_dir, args.label)

@@ -1,140 +1,24 @@
-"""Reading the workflow config: per-(language, task) values and the merge settings.
-
-Each helper reads only the entries of the job it serves, so a job's params change only when
-its own config entries do (adding a language never changes another language's params).
+"""Loading and checking the workflow config: the JSON schema (shipped in the package, see
+:data:`SCHEMA`) and what the schema cannot say. What a config asks for (settings, jobs, file
+names) is :mod:`speechmerge.plan`'s.
 """
 
 from __future__ import annotations
 
 import math
+from importlib.resources import files
 from pathlib import Path
 
-SETTINGS_HELP = {
-    "ml-asr": "multi-lingual ASR: the ASR task vectors of all languages",
-    "ml-st": "multi-lingual ST: the ST task vectors of all languages",
-    "mt": "multi-task, per language: that language's ASR and ST task vectors (mt-{lang})",
-    "mlmt": "multi-lingual multi-task: every (language, task) task vector",
-}
+import jsonschema
+import yaml
 
-#: Training-then-merging settings of Table 4; they merge joint models' task vectors
-#: (:func:`speechmerge.joint.combined_settings`), so :func:`merge_settings` leaves them out.
-COMBINED_SETTINGS = {
-    "mttrain-mlmerge": "MT training, then ML merging: the mt-{lang} joint models' task vectors",
-    "mltrain-mtmerge": "ML training, then MT merging: the ml-asr and ml-st joint models'",
-}
+from .atomic import atomic_write_text
+from .convert import ConversionError, check_whisper_base
+from .plan.params import train_hours
+from .plan.settings import data_scales, study_methods, study_section
 
-
-def combo(lang: str, task: str) -> str:
-    return f"{lang}-{task}"
-
-
-def per_combination(section: dict, lang: str, task: str):
-    """``section['{lang}-{task}']`` if present, else ``section['default']``."""
-    return section.get(combo(lang, task), section["default"])
-
-
-def train_hours(config: dict, lang: str) -> float:
-    return config["subset"]["train_hours"].get(lang, config["subset"]["train_hours"]["default"])
-
-
-def finetune_hparams(config: dict, lang: str, task: str) -> dict:
-    ft = config["finetune"]
-    return {
-        "lr": per_combination(ft["lr"], lang, task),
-        "batch_size": ft["batch_size"],
-        "grad_accum": ft["grad_accum"],
-        "epochs": ft["epochs"],
-        "gradient_checkpointing": ft.get("gradient_checkpointing", False),
-        # only when set, so that configs without it keep their fine-tunes' params
-        **({"micro_batch_size": ft["micro_batch_size"]} if ft.get("micro_batch_size") else {}),
-        **({"train_encoder": False} if ft.get("train_encoder") is False else {}),
-    }
-
-
-#: ``finetune`` keys that change how a training job runs, not what it computes, with their
-#: schema defaults: workflow scripts read them from the config (never rule params, so
-#: changing them reruns nothing).
-TRAINING_RUNTIME = {"checkpoint_every_steps": 0, "checkpoint_every_minutes": 20, "data_workers": 0}
-
-
-def training_runtime(config: dict) -> dict:
-    """Checkpointing and data-loading options of training jobs (fine-tune, joint, base)."""
-    ft = config.get("finetune") or {}
-    return {k: ft.get(k, default) for k, default in TRAINING_RUNTIME.items()}
-
-
-def merge_settings(config: dict) -> dict[str, list[tuple[str, str]]]:
-    """{setting name: [(lang, task), ...]} for the configured settings.
-
-    ``mt`` expands to one setting per language (``mt-ca`` …). A setting that would merge a
-    single task vector (e.g. ``ml-asr`` with one language) is skipped: it is the fine-tuned
-    model itself.
-    """
-    langs, tasks = config["languages"], config["tasks"]
-    out: dict[str, list[tuple[str, str]]] = {}
-    for s in config["merge"]["settings"]:
-        if s in ("ml-asr", "ml-st"):
-            task = s.split("-")[1]
-            if task in tasks and len(langs) > 1:
-                out[s] = [(lang, task) for lang in langs]
-        elif s == "mt":
-            if len(tasks) > 1:
-                for lang in langs:
-                    out[f"mt-{lang}"] = [(lang, t) for t in tasks]
-        elif s == "mlmt":
-            if len(tasks) > 1 and len(langs) > 1:
-                out[s] = [(lang, t) for lang in langs for t in tasks]
-        elif s not in COMBINED_SETTINGS:
-            raise ValueError(
-                f"merge.settings: unknown setting {s!r}; known: "
-                f"{sorted(SETTINGS_HELP) + sorted(COMBINED_SETTINGS)}"
-            )
-    return out
-
-
-def setting_kind(setting: str) -> str:
-    return "mt" if setting.startswith("mt-") else setting
-
-
-def merge_lambda(config: dict, setting: str) -> float:
-    lam = config["merge"]["lambda"]
-    return lam.get(setting_kind(setting), lam["default"])
-
-
-#: Methods whose optional hyper-parameter sections ``merge.<method>`` are passed through.
-METHOD_PARAM_SECTIONS = ("ties", "dare", "tsvm", "iso_cts", "cart")
-
-
-def rounding_params(config: dict) -> dict:
-    """``{"rounding": "paper"}`` when ``merge.rounding`` is ``paper``, else ``{}``.
-
-    The default ``ceil`` is left out of the parameters, so the params of every job stay what
-    they were before the key existed (no reruns of existing results).
-    """
-    rounding = config["merge"].get("rounding", "ceil")
-    return {} if rounding == "ceil" else {"rounding": rounding}
-
-
-def merge_params(config: dict, pairs: list[tuple[str, str]]) -> list[dict]:
-    """Each task vector's own (rank_ratio, keep_ratio), in the order of `pairs`.
-
-    Configured per-method sections (``merge.ties``, ``merge.dare``, ``merge.tsvm``,
-    ``merge.iso_cts``, ``merge.cart``) are added to every dict under the method's name, e.g.
-    ``{"rank_ratio": 0.05, "keep_ratio": 0.4, "ties": {"keep_ratio": 0.2}}``; the merge
-    methods read their own section first (``speechmerge.merge.method_param``).
-    ``merge.rounding: paper`` adds ``"rounding": "paper"`` (:func:`rounding_params`).
-    """
-    m = config["merge"]
-    sections = {k: dict(m[k]) for k in METHOD_PARAM_SECTIONS if m.get(k)}
-    return [
-        {
-            "rank_ratio": per_combination(m["rank_ratio"], lang, task),
-            "keep_ratio": per_combination(m["keep_ratio"], lang, task),
-            **{k: dict(v) for k, v in sections.items()},
-            **rounding_params(config),
-        }
-        for lang, task in pairs
-    ]
+#: The JSON schema of the config (package data: found after a wheel install too).
+SCHEMA = files(__package__) / "schemas" / "config.schema.yaml"
 
 
 def canonicalize(config: dict) -> dict:
@@ -227,8 +111,6 @@ def check_base(config: dict) -> None:
     if base["source"] == "synthetic" and "synthetic" not in base:
         raise ValueError("config key 'base.synthetic' is required when base.source is 'synthetic'")
     if base["source"] == "ct2":
-        from .convert import ConversionError, check_whisper_base
-
         path = base.get("ct2", {}).get("path")
         if path is None:
             try:
@@ -266,13 +148,25 @@ def check_covost2(config: dict) -> None:
             )
 
 
+def check_study(config: dict) -> None:
+    """Fail early, naming the key, on study settings the workflow cannot serve."""
+    merge_methods = set(config["merge"]["methods"])
+    for key in ("num_languages", "data_scale"):
+        extra = [m for m in study_methods(config, key) if m not in merge_methods]
+        if extra:
+            raise ValueError(
+                f"config key 'study.{key}.methods': {extra} are not in 'merge.methods' "
+                f"{sorted(merge_methods)}"
+            )
+    if study_section(config, "retain") and not data_scales(config):
+        raise ValueError("config key 'study.retain' needs 'study.data_scale' (its data sizes)")
+    if study_section(config, "retain") and "asr" not in config["tasks"]:
+        raise ValueError("config key 'study.retain' needs 'asr' in 'tasks' (Figure 5 is ASR)")
+
+
 def write_effective_config(config: dict, path: str | Path) -> Path:
     """Write the config a run actually uses (preset + ``--config`` overrides + schema
     defaults) as YAML, atomically: what produced the results beside it."""
-    import yaml
-
-    from .atomic import atomic_write_text
-
     text = (
         "# The effective config of the last run (written by the workflow at start).\n"
         + yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
@@ -282,21 +176,15 @@ def write_effective_config(config: dict, path: str | Path) -> Path:
 
 
 def load_config(path: str | Path) -> dict:
-    """Load a YAML config and validate it against ``schemas/config.schema.yaml`` (defaults
-    filled in). Errors name the offending key."""
-    import yaml
-
+    """Load a YAML config and validate it against :data:`SCHEMA`. Errors name the
+    offending key."""
     config = yaml.safe_load(Path(path).read_text())
     validate_config(config)
     return config
 
 
 def validate_config(config: dict) -> None:
-    import jsonschema
-    import yaml
-
-    schema_path = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
-    schema = yaml.safe_load(schema_path.read_text())
+    schema = yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config), key=str)
     if errors:
         e = errors[0]

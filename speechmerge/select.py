@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_text
+from .decode import score_model
 
 
 def objective(scores: Iterable[tuple[str, float]]) -> float:
@@ -56,8 +57,7 @@ def dev_score(
 ) -> float:
     """Merge into a temporary model dir, decode each (lang, task, dev_tsv), return
     :func:`objective`."""
-    from .decode import score_model
-    from .merge import merge_models
+    from .merge import merge_models  # torch: only when a dev merge runs
 
     with tempfile.TemporaryDirectory(prefix="speechmerge-select-") as tmp:
         model = Path(tmp) / "model"
@@ -173,16 +173,3 @@ def selected_lambda(lam: float, method: str, lambda_selection: str | Path | None
         return lam
     sel = json.loads(Path(lambda_selection).read_text())
     return float(sel["lambda"].get(method, lam))
-
-
-# Methods that read neither a rank ratio r nor a keep ratio p (Weight Averaging, Task
-# Arithmetic): a dev-selected (r, p) cannot change their merges.
-RATIO_FREE_METHODS = frozenset({"wa", "ta"})
-
-
-def lambda_methods(config: dict) -> list[str]:
-    """Methods whose λ is selected: ``merge.select.methods``, default every configured method
-    that has a λ (all but Weight Averaging)."""
-    sel = config["merge"].get("select") or {}
-    methods = sel.get("methods") or [m for m in config["merge"]["methods"] if m != "wa"]
-    return [m for m in methods if m != "wa"]

@@ -624,6 +624,20 @@ def run_training(model, processor, examples, out_dir, runtime: dict | None, **tr
     return summary
 
 
+def hparam_options(hp: dict) -> dict:
+    """:func:`train`'s options from the hyper-parameters of a fine-tune or joint model
+    (:func:`speechmerge.plan.params.finetune_hparams`, ``joint_hparams``), but for their
+    length (epochs, or a joint model's steps)."""
+    return {
+        "lr": hp["lr"],
+        "batch_size": hp["batch_size"],
+        "grad_accum": hp["grad_accum"],
+        "micro_batch_size": hp.get("micro_batch_size"),
+        "grad_checkpointing": hp.get("gradient_checkpointing", False),
+        "train_encoder": hp.get("train_encoder", True),
+    }
+
+
 def pretrain_synthetic_base(
     corpus_dirs: dict,
     cfg: dict,
@@ -703,19 +717,5 @@ def finetune(
 
     model, processor = load_pretrained(str(base_dir))
     examples = load_examples(processor, [(train_tsv, lang, [task])])
-    return run_training(
-        model,
-        processor,
-        examples,
-        out_dir,
-        runtime,
-        lr=hp["lr"],
-        batch_size=hp["batch_size"],
-        grad_accum=hp["grad_accum"],
-        epochs=hp["epochs"],
-        seed=seed,
-        device=device,
-        micro_batch_size=hp.get("micro_batch_size"),
-        grad_checkpointing=hp.get("gradient_checkpointing", False),
-        train_encoder=hp.get("train_encoder", True),
-    )
+    opts = {"epochs": hp["epochs"], "seed": seed, "device": device, **hparam_options(hp)}
+    return run_training(model, processor, examples, out_dir, runtime, **opts)

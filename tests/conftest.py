@@ -103,7 +103,6 @@ REPO_ENTRIES = [
     "Snakefile",
     "config.yaml",
     "configs",
-    "schemas",
     "rules",
     "workflow_scripts",
     "report",

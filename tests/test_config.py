@@ -1,28 +1,34 @@
-"""Tests for speechmerge.config (schema validation and per-job config helpers)."""
+"""Tests for speechmerge.config (schema validation) and the per-job helpers of speechmerge.plan."""
 
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
 
-from speechmerge.config import (
+from speechmerge.config import SCHEMA, load_config, validate_config
+from speechmerge.plan.params import (
     TRAINING_RUNTIME,
     finetune_hparams,
-    load_config,
     merge_lambda,
     merge_params,
-    merge_settings,
     per_combination,
-    setting_kind,
     train_hours,
     training_runtime,
-    validate_config,
 )
+from speechmerge.plan.settings import merge_settings, setting_kind
 
 ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "configs" / "smoke.yaml"
+IGNORE = shutil.ignore_patterns("__pycache__")
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +168,7 @@ def test_per_combination_overrides(smoke):
 def test_training_runtime_options_stay_out_of_the_params(smoke):
     """Checkpoint frequency and data workers change how a training job runs, not its
     result: schema defaults, read by the scripts, never in a rule's params (no reruns)."""
-    schema = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())
+    schema = yaml.safe_load(SCHEMA.read_text())
     ft = schema["properties"]["finetune"]["properties"]
     assert training_runtime(smoke) == {k: ft[k]["default"] for k in TRAINING_RUNTIME}
     before = finetune_hparams(smoke, "de", "st")
@@ -242,3 +248,49 @@ def test_split_fractions_leave_training_texts(smoke):
     smoke["corpus"]["synthetic"]["dev_fraction"] = 0.6
     smoke["corpus"]["synthetic"]["test_fraction"] = 0.6
     raises(smoke, "dev_fraction", "test_fraction", "below 1")
+
+
+def test_schema_ships_inside_the_package():
+    assert SCHEMA.is_file() and "speechmerge" in str(SCHEMA)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["tool"]["setuptools"]["package-data"]["speechmerge"] == ["schemas/*.yaml"]
+
+
+def python(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *args], check=False, capture_output=True, text=True, **kw
+    )
+
+
+def test_validation_works_from_an_installed_wheel(tmp_path):
+    """Built and unpacked as pip installs it, away from the repository: the schema is found."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "speechmerge", src / "speechmerge", ignore=IGNORE)
+    shutil.copy2(ROOT / "pyproject.toml", src)
+    build = ["-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path)]
+    res = python(*build, str(src))
+    assert res.returncode == 0, res.stderr[-3000:]
+    (wheel,) = tmp_path.glob("speechmerge-*.whl")
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    code = f"from speechmerge.config import load_config; load_config({str(SMOKE)!r})"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    res = python("-c", code, cwd=tmp_path, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_importing_the_library_pulls_in_no_optional_dependency():
+    """The library's light modules (the plan, the config, the tables) import none of the
+    workflow's or the optional extras' packages: they load only where they are used."""
+    modules = ["speechmerge", "speechmerge.plan", "speechmerge.config", "speechmerge.report"]
+    modules += ["speechmerge.report.tables", "speechmerge.report.significance"]
+    modules += ["speechmerge.report.results_md", "speechmerge.report.hparams"]
+    modules += ["speechmerge.report.figures", "speechmerge.joint", "speechmerge.select"]
+    heavy = ["snakemake", "datasets", "espeakng_loader", "num2words", "matplotlib", "scipy"]
+    code = "; ".join(
+        [f"import {m}" for m in modules]
+        + ["import sys", f"print([m for m in {heavy!r} if m in sys.modules])"]
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = python("-c", code, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip() == "[]"

@@ -63,17 +63,54 @@ def test_conda_env_has_no_relative_or_local_path():
         assert ".." not in entry and "/" not in entry and "file:" not in entry, entry
 
 
+#: The extras a workflow run of any preset needs (the rules' env installs exactly these).
+WORKFLOW_EXTRAS = ("workflow", "synthetic", "plots", "covost", "whisper-base")
+
+
+def project_requirements(extras) -> list[Requirement]:
+    """pyproject's dependencies plus those of `extras`, ``speechmerge[...]`` expanded."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    out, todo, seen = [Requirement(d) for d in project["dependencies"]], list(extras), set()
+    while todo:
+        extra = todo.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for d in map(Requirement, project["optional-dependencies"][extra]):
+            if d.name == project["name"]:
+                todo += sorted(d.extras)
+            else:
+                out.append(d)
+    return out
+
+
 def test_requirements_have_no_path_and_pin_every_dependency():
     text = REQS.read_text()
     assert not re.search(r"^\s*-(e|r|c)\b", text, re.MULTILINE)
     pinned = pins(text.splitlines())
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    # the dependencies, plus the default preset's base model (extra whisper-base)
-    deps = project["dependencies"] + project["optional-dependencies"]["whisper-base"]
-    declared = {re.sub(r"[-_.]+", "-", Requirement(d).name).lower(): Requirement(d) for d in deps}
+    # the library, the workflow's extras and the default preset's base model
+    declared = {}
+    for req in project_requirements(WORKFLOW_EXTRAS):
+        declared.setdefault(re.sub(r"[-_.]+", "-", req.name).lower(), req)
     assert set(pinned) == set(declared)
     for name, req in declared.items():  # each pin satisfies pyproject's own bound
         assert req.specifier.contains(pinned[name], prereleases=True), (name, pinned[name])
+
+
+def test_test_extra_installs_the_workflow_and_the_default_run():
+    """`pip install -e '.[test]'` (the README's test command) installs every workflow extra,
+    and `.[whisper-base]` (its run command) what the default preset's run needs."""
+    names = {r.name for r in project_requirements(["test"])}
+    assert {r.name for r in project_requirements(WORKFLOW_EXTRAS)} <= names
+    default_run = {r.name for r in project_requirements(["whisper-base"])}
+    assert {"snakemake", "espeakng-loader", "num2words", "matplotlib"} <= default_run
+
+
+def test_library_needs_no_workflow_dependency():
+    """A library user (`pip install speechmerge`) gets no Snakemake, eSpeak, matplotlib or
+    datasets."""
+    core = {r.name for r in project_requirements([])}
+    assert not core & {"snakemake", "espeakng-loader", "num2words", "matplotlib", "datasets"}
 
 
 def test_conda_env_pins_equal_requirements():

@@ -255,7 +255,8 @@ def _(tmp: Path, inputs: dict) -> None:
     """Snakemake reruns a job when the repr of its params changes: two lines of config.yaml
     swapped, or every mapping reversed, must give the same params (the whole config, of which
     job params are parts, after the workflow's canonicalisation)."""
-    from speechmerge.config import canonicalize, finetune_hparams, merge_params
+    from speechmerge.config import canonicalize
+    from speechmerge.plan.params import finetune_hparams, merge_params
 
     text = (REPO / "config.yaml").read_text()
     lines = text.splitlines(keepends=True)

@@ -1,5 +1,5 @@
-"""Joint-training baselines (speechmerge.joint), micro-batched training, and the tables' training
-rows (speechmerge.report)."""
+"""Joint-training baselines (speechmerge.joint; planned by speechmerge.plan), micro-batched
+training, and the tables' training rows (speechmerge.report.tables)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from speechmerge import config as smcfg
 from speechmerge import joint as smjoint
 from speechmerge.corpus import Utterance, write_tsv
 from speechmerge.model import build_synthetic_base, build_tokenizer, save_model_dir
-from speechmerge.report import METHOD_NAMES, build_tables
+from speechmerge.plan import params as smparams
+from speechmerge.plan import settings as smsettings
+from speechmerge.report.tables import METHOD_NAMES, build_tables
 from speechmerge.train import load_examples, optimizer_steps, train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,7 +37,7 @@ def smoke_config(**overrides) -> dict:
 
 def test_joint_models_are_the_merge_settings_pairs():
     config = smoke_config()
-    joint = smjoint.joint_models(config)
+    joint = smsettings.joint_models(config)
     assert joint == {
         "ml-asr": [("ca", "asr"), ("de", "asr")],
         "ml-st": [("ca", "st"), ("de", "st")],
@@ -44,7 +46,7 @@ def test_joint_models_are_the_merge_settings_pairs():
         "mlmt": [("ca", "asr"), ("ca", "st"), ("de", "asr"), ("de", "st")],
     }
     # the same pairs as the merge settings of the same names
-    settings = smcfg.merge_settings(config)
+    settings = smsettings.merge_settings(config)
     assert all(joint[name] == settings[name] for name in joint)
 
 
@@ -57,16 +59,16 @@ def test_no_joint_section_builds_nothing(joint):
     else:
         config["joint"] = joint
     smcfg.validate_config(config)
-    assert smjoint.joint_models(config) == {}
-    assert smjoint.combined_settings(config) == {}
+    assert smsettings.joint_models(config) == {}
+    assert smsettings.combined_settings(config) == {}
 
 
 def test_joint_hparams_lr_lookup():
     config = smoke_config()
     config["joint"]["lr"] = {"default": 1e-4, "mt": 3e-4, "mt-de": 4e-4, "ml-st": 5e-5}
-    lr = {n: smjoint.joint_hparams(config, n)["lr"] for n in smjoint.joint_models(config)}
+    lr = {n: smparams.joint_hparams(config, n)["lr"] for n in smsettings.joint_models(config)}
     assert lr == {"ml-asr": 1e-4, "ml-st": 5e-5, "mt-ca": 3e-4, "mt-de": 4e-4, "mlmt": 1e-4}
-    hp = smjoint.joint_hparams(config, "mlmt")
+    hp = smparams.joint_hparams(config, "mlmt")
     ft = config["finetune"]
     assert (hp["batch_size"], hp["grad_accum"], hp["epochs"]) == (
         ft["batch_size"],
@@ -75,41 +77,41 @@ def test_joint_hparams_lr_lookup():
     )
     assert hp["micro_batch_size"] == ft["micro_batch_size"]
     del config["joint"]["lr"]  # falls back to the fine-tunes' default
-    assert smjoint.joint_hparams(config, "mt-ca")["lr"] == ft["lr"]["default"]
+    assert smparams.joint_hparams(config, "mt-ca")["lr"] == ft["lr"]["default"]
 
 
 def test_combined_settings_task_vectors_and_pairs():
     config = smoke_config()
-    combined = smjoint.combined_settings(config)
+    combined = smsettings.combined_settings(config)
     pairs = [("ca", "asr"), ("ca", "st"), ("de", "asr"), ("de", "st")]
     assert combined == {
         "mttrain-mlmerge": {"models": ["mt-ca", "mt-de"], "pairs": pairs},
         "mltrain-mtmerge": {"models": ["ml-asr", "ml-st"], "pairs": pairs},
     }
-    # merge_settings (fine-tuned task vectors) leaves them to speechmerge.joint
-    assert not set(combined) & set(smcfg.merge_settings(config))
-    params = smjoint.combined_params(config, "mltrain-mtmerge")
+    # merge_settings (fine-tuned task vectors) leaves them to combined_settings
+    assert not set(combined) & set(smsettings.merge_settings(config))
+    params = smparams.combined_params(config, "mltrain-mtmerge")
     assert params == [{"rank_ratio": 0.05, "keep_ratio": 0.4}] * 2
-    assert smcfg.merge_lambda(config, "mltrain-mtmerge") == 0.5
-    assert smcfg.merge_lambda(config, "mttrain-mlmerge") == config["merge"]["lambda"]["default"]
-    assert smjoint.combined_methods(config) == ["ta", "lors"]
+    assert smparams.merge_lambda(config, "mltrain-mtmerge") == 0.5
+    assert smparams.merge_lambda(config, "mttrain-mlmerge") == config["merge"]["lambda"]["default"]
+    assert smsettings.combined_methods(config) == ["ta", "lors"]
 
 
 def test_combined_settings_need_their_joint_models():
     config = smoke_config()
     config["joint"]["settings"] = ["ml-asr", "mlmt"]
     with pytest.raises(ValueError, match=r"joint\.settings.*") as e:
-        smjoint.combined_settings(config)
+        smsettings.combined_settings(config)
     assert "mttrain-mlmerge" in str(e.value) and "merge.settings" in str(e.value)
     config["merge"]["settings"].remove("mttrain-mlmerge")
     with pytest.raises(ValueError, match="ml-asr and ml-st"):
-        smjoint.combined_settings(config)
+        smsettings.combined_settings(config)
 
 
 def test_combined_settings_skipped_with_one_language():
     config = smoke_config(languages=["ca"])
-    assert smjoint.combined_settings(config) == {}
-    assert set(smjoint.joint_models(config)) == {"mt-ca"}
+    assert smsettings.combined_settings(config) == {}
+    assert set(smsettings.joint_models(config)) == {"mt-ca"}
 
 
 def test_schema_accepts_joint_and_rejects_typos():
@@ -218,15 +220,15 @@ def write_scores(root: Path, config: dict) -> None:
     for lang, task in pairs:
         put(root / "pretrained", lang, task)
         put(root / "finetuned", lang, task)
-    for setting, members in smcfg.merge_settings(config).items():
+    for setting, members in smsettings.merge_settings(config).items():
         for m in config["merge"]["methods"]:
             for lang, task in members:
                 put(root / "merged" / setting / m, lang, task)
-    for name, members in smjoint.joint_models(config).items():
+    for name, members in smsettings.joint_models(config).items():
         for lang, task in members:
             put(root / "joint" / name, lang, task)
-    for setting, c in smjoint.combined_settings(config).items():
-        for m in smjoint.combined_methods(config):
+    for setting, c in smsettings.combined_settings(config).items():
+        for m in smsettings.combined_methods(config):
             for lang, task in c["pairs"]:
                 put(root / "merged" / setting / m, lang, task)
 
@@ -234,7 +236,7 @@ def write_scores(root: Path, config: dict) -> None:
 def test_tables_have_training_rows(tmp_path):
     config = smoke_config()
     write_scores(tmp_path, config)
-    tables = build_tables(config, smcfg.merge_settings(config), tmp_path)
+    tables = build_tables(config, smsettings.merge_settings(config), tmp_path)
     merges = [METHOD_NAMES[m] for m in config["merge"]["methods"]]
     assert "LoRS-Merging" in merges
     for name in ("table1", "table2"):
@@ -296,6 +298,6 @@ def test_tables_without_joint_training_are_unchanged(tmp_path):
     del config["joint"]
     config["merge"]["settings"] = ["ml-asr", "ml-st", "mt", "mlmt"]
     write_scores(tmp_path, config)
-    tables = build_tables(config, smcfg.merge_settings(config), tmp_path)
+    tables = build_tables(config, smsettings.merge_settings(config), tmp_path)
     assert list(tables["table1"].index)[:3] == ["Pretrained", "Finetuned", "Weight Averaging"]
     assert len(tables["table4"]) == 2 + len(config["merge"]["methods"])

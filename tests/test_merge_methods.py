@@ -286,8 +286,9 @@ def test_new_methods_stream_like_in_memory(tmp_path: Path, method: str) -> None:
 def test_config_sections_reach_the_methods() -> None:
     import copy
 
-    from speechmerge.config import load_config, merge_params, validate_config
-    from speechmerge.report import METHOD_NAMES
+    from speechmerge.config import load_config, validate_config
+    from speechmerge.plan.params import merge_params
+    from speechmerge.report.tables import METHOD_NAMES
 
     root = Path(__file__).resolve().parent.parent
     cfg = copy.deepcopy(load_config(root / "configs" / "smoke.yaml"))

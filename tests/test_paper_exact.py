@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from speechmerge import cli
-from speechmerge import config as smcfg
 from speechmerge import merge as smmerge
 from speechmerge.merge import merge_state_dicts, normalize_params
+from speechmerge.plan import params as smparams
 from speechmerge.prune import (
     count_from_ratio,
     lors,
@@ -176,11 +176,11 @@ def test_cli_paper_exact_sets_rounding() -> None:
 
 def test_config_rounding_reaches_merge_params() -> None:
     cfg = {"merge": {"rank_ratio": {"default": 0.05}, "keep_ratio": {"default": 0.4}}}
-    assert "rounding" not in smcfg.merge_params(cfg, [("de", "asr")])[0]
+    assert "rounding" not in smparams.merge_params(cfg, [("de", "asr")])[0]
     cfg["merge"]["rounding"] = "ceil"
-    assert "rounding" not in smcfg.merge_params(cfg, [("de", "asr")])[0]
+    assert "rounding" not in smparams.merge_params(cfg, [("de", "asr")])[0]
     cfg["merge"]["rounding"] = "paper"
-    assert smcfg.merge_params(cfg, [("de", "asr")])[0]["rounding"] == "paper"
+    assert smparams.merge_params(cfg, [("de", "asr")])[0]["rounding"] == "paper"
 
 
 @pytest.mark.parametrize("rank_ratio", [0.1, 0.01])  # 96x64: int(6.4) = 6; int(0.64) = 0

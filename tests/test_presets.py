@@ -16,6 +16,8 @@ import pytest
 import yaml
 from conftest import REPO, SNAKEMAKE, reversed_keys, smk
 
+from speechmerge.config import SCHEMA
+
 pytestmark = pytest.mark.workflow
 
 
@@ -35,7 +37,7 @@ def with_schema_defaults(config: dict) -> dict:
     from snakemake.utils import validate
 
     config = copy.deepcopy(config)
-    validate(config, str(REPO / "schemas/config.schema.yaml"))
+    validate(config, str(SCHEMA))
     return config
 
 

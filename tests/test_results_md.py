@@ -1,4 +1,4 @@
-"""The README's Results section generator (speechmerge.results_md): verdicts from table CSVs."""
+"""The README's Results section generator (speechmerge.report.results_md): verdicts from table CSVs."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from speechmerge.cli import main
-from speechmerge.results_md import BEGIN, END, replace_section, results_section, verdicts
-from speechmerge.significance import COLUMNS as SIG_COLUMNS
+from speechmerge.report.results_md import BEGIN, END, replace_section, results_section, verdicts
+from speechmerge.report.significance import COLUMNS as SIG_COLUMNS
 
 LANGS = ["ca", "de"]
 

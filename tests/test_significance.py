@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from speechmerge import config as smcfg
 from speechmerge.hypotheses import files_ci, files_compare, read_hypotheses, write_hypotheses
 from speechmerge.metrics import score
-from speechmerge.report import build_tables, to_markdown
-from speechmerge.significance import COLUMNS, write_significance
+from speechmerge.plan.settings import merge_settings
+from speechmerge.report.significance import COLUMNS, write_significance
+from speechmerge.report.tables import build_tables, to_markdown
 
 REPO = Path(__file__).resolve().parent.parent
 WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
@@ -48,7 +48,7 @@ def run(tmp_path: Path):
     config["merge"]["settings"] = ["ml-asr", "ml-st", "mt", "mlmt"]
     config["merge"]["methods"] = ["wa", "ta", "lors"]
     config["joint"] = {"settings": ["ml-asr", "mt"]}
-    settings = smcfg.merge_settings(config)
+    settings = merge_settings(config)
     root = tmp_path / "scores"
     for lang in config["languages"]:
         for task in ("asr", "st"):
@@ -156,7 +156,12 @@ def test_tables_have_ci_columns(run):
 
 def test_figures_carry_cis(run, tmp_path):
     from speechmerge.hypotheses import file_stats
-    from speechmerge.plots import data_scale_data, num_languages_data, retain_data, write_figure
+    from speechmerge.report.figures import (
+        data_scale_data,
+        num_languages_data,
+        retain_data,
+        write_figure,
+    )
 
     config, _, root = run
     langs = config["languages"]

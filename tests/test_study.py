@@ -1,4 +1,5 @@
-"""Tests for the paper's studies: speechmerge.study, speechmerge.select, speechmerge.plots."""
+"""Tests for the paper's studies: their plan (speechmerge.plan.settings), speechmerge.select,
+Tables 5-6 (speechmerge.report.hparams) and the figures (speechmerge.report.figures)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from speechmerge import study
-from speechmerge.config import load_config, merge_settings
+from speechmerge.config import check_study, load_config
+from speechmerge.plan import settings as study
+from speechmerge.plan.params import lambda_methods
+from speechmerge.plan.settings import merge_settings
+from speechmerge.report import hparams
 from speechmerge.select import (
     grid_search,
-    lambda_methods,
     objective,
     select_lambda,
     select_taskvector,
@@ -44,7 +47,7 @@ def smoke() -> dict:
 )
 def test_presets_validate(path):
     config = load_config(ROOT / path)
-    study.check_study(config)
+    check_study(config)
     expected = "low" if "lowres" in path else "high"
     assert study.language_set(config) == expected
 
@@ -100,7 +103,7 @@ def test_study_settings_and_reuse(smoke):
 def test_check_study_names_key(smoke):
     smoke["study"]["num_languages"]["methods"] = ["ties"]
     with pytest.raises(ValueError, match="study.num_languages.methods"):
-        study.check_study(smoke)
+        check_study(smoke)
 
 
 # --- Tables 7-10 ---------------------------------------------------------------------------
@@ -125,7 +128,7 @@ def _write_score(folder: Path, lang: str, task: str, value: float) -> None:
 
 
 def test_write_tables_low_resource(tmp_path, smoke):
-    from speechmerge.report import write_tables
+    from speechmerge.report.tables import write_tables
 
     smoke["languages"] = ["nl", "pt"]
     # Merges only: the joint-training rows have their own tests (tests/test_joint.py).
@@ -222,7 +225,7 @@ def test_lambda_methods(smoke):
 
 def test_hparam_tables_from_config_and_selection(tmp_path, smoke):
     settings = merge_settings(smoke)
-    t = study.hparam_tables(smoke, settings)
+    t = hparams.hparam_tables(smoke, settings)
     t5 = t["table5"]
     assert list(t5.columns) == ["ca", "de"]
     assert t5.loc["LoRS-Merging: SVP ratio r (%)", "ca"] == pytest.approx(10.0)
@@ -232,17 +235,17 @@ def test_hparam_tables_from_config_and_selection(tmp_path, smoke):
     sel.write_text(json.dumps({"rank_ratio": 0.01, "keep_ratio": 0.1}))
     lam = tmp_path / "ml-st.json"
     lam.write_text(json.dumps({"lambda": {"ta": 0.15}}))
-    t6 = study.hparam_tables(smoke, settings, {"de-st": str(sel)}, {"ml-st": str(lam)})["table6"]
+    t6 = hparams.hparam_tables(smoke, settings, {"de-st": str(sel)}, {"ml-st": str(lam)})["table6"]
     assert t6.loc["LoRS-Merging: MP ratio p (%)", "de"] == pytest.approx(10.0)
     assert t6.loc["Task Arithmetic: scaling factor λ", "ca"] == pytest.approx(0.15)
     assert t6.notna().all().all()
     # joint training (issue 5a's `joint` section) adds its learning rate
     smoke["joint"] = {"settings": ["ml-asr"], "lr": {"default": 1e-4, "ml-asr": 2e-4}}
-    t5 = study.hparam_tables(smoke, settings)["table5"]
+    t5 = hparams.hparam_tables(smoke, settings)["table5"]
     assert t5.loc["Multi-lingual training: learning rate", "de"] == pytest.approx(2e-4)
     del smoke["joint"]
     out = tmp_path / "tables"
-    study.write_hparam_tables(smoke, settings, [str(out / "table5.csv"), str(out / "table6.csv")])
+    hparams.write_hparam_tables(smoke, settings, [str(out / "table5.csv"), str(out / "table6.csv")])
     assert "Table 6" in (out / "table6.md").read_text()
 
 
@@ -250,7 +253,7 @@ def test_hparam_tables_from_config_and_selection(tmp_path, smoke):
 
 
 def test_figure3_data_and_plot(tmp_path):
-    from speechmerge.plots import num_languages_data, write_figure
+    from speechmerge.report.figures import num_languages_data, write_figure
 
     langs = ["ca", "de", "es"]
     ft = tmp_path / "finetuned"
@@ -281,7 +284,7 @@ def test_figure3_data_and_plot(tmp_path):
 
 
 def test_figure4_data_and_plot(tmp_path):
-    from speechmerge.plots import data_scale_data, write_figure
+    from speechmerge.report.figures import data_scale_data, write_figure
 
     langs, tasks, scales = ["ca", "de"], ["asr", "st"], [0.5, 1.0]
     fts, merged, joint = {}, {}, {}
@@ -307,7 +310,7 @@ def test_figure4_data_and_plot(tmp_path):
 
 
 def test_figure5_data_and_plot(tmp_path):
-    from speechmerge.plots import retain_data, write_figure
+    from speechmerge.report.figures import retain_data, write_figure
 
     paths = []
     for scale in (0.5, 1.0):
@@ -336,7 +339,7 @@ def test_figure5_data_and_plot(tmp_path):
 
 
 def test_write_figure_rejects_empty(tmp_path):
-    from speechmerge.plots import write_figure
+    from speechmerge.report.figures import write_figure
 
     with pytest.raises(ValueError, match="no or empty"):
         write_figure("fig3", pd.DataFrame(columns=["task", "score"]), tmp_path / "x.png", "t")

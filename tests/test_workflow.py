@@ -92,7 +92,7 @@ def test_smoke_tables_numeric(smoke_run: Path):
 
 def test_smoke_significance(smoke_run: Path):
     """Paired-bootstrap CIs of every comparison the verdicts state, finite, containing delta."""
-    from speechmerge.significance import COLUMNS
+    from speechmerge.report.significance import COLUMNS
 
     tables = smoke_run / "results/tables"
     sig = pd.read_csv(tables / "significance.csv")
@@ -197,7 +197,7 @@ def test_study_html_report(study_run: Path):
 def test_study_results_section(study_run: Path, tmp_path: Path):
     """The README's Results section from the smoke-study run: every table and figure, and
     verdict numbers equal to the table CSVs."""
-    from speechmerge.results_md import BEGIN, END, results_section
+    from speechmerge.report.results_md import BEGIN, END, results_section
 
     section = results_section(study_run, tmp_path / "docs/results", tmp_path, "Smoke run.")
     assert section.startswith(BEGIN) and section.rstrip().endswith(END)

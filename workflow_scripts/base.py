@@ -1,9 +1,10 @@
 """Rule base: pretrain the synthetic base, convert a CTranslate2 Whisper, or snapshot a
 pretrained one."""
 
-from speechmerge.config import training_runtime
+from speechmerge.convert import convert_ct2
 from speechmerge.logutil import job_log
 from speechmerge.model import select_device
+from speechmerge.plan.params import training_runtime
 from speechmerge.train import pretrain_synthetic_base, snapshot_pretrained
 
 sm = snakemake  # noqa: F821
@@ -21,8 +22,6 @@ with job_log(sm.log[0], sm.threads) as log:
             runtime=training_runtime(sm.config),
         )
     elif base["source"] == "ct2":
-        from speechmerge.convert import convert_ct2
-
         ct2 = base.get("ct2", {})
         summary = convert_ct2(
             ct2.get("path"),

@@ -1,7 +1,7 @@
 """Rule figure3: WER / BLEU against the number of merged languages."""
 
 from speechmerge.logutil import job_log
-from speechmerge.plots import num_languages_data, write_figure
+from speechmerge.report.figures import num_languages_data, write_figure
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0]):

@@ -1,7 +1,7 @@
 """Rule figure4: WER / BLEU against the training data per language."""
 
 from speechmerge.logutil import job_log
-from speechmerge.plots import data_scale_data, write_figure
+from speechmerge.report.figures import data_scale_data, write_figure
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0]):

@@ -1,8 +1,8 @@
 """Rule finetune: full-parameter fine-tuning on one (language, task)."""
 
-from speechmerge.config import training_runtime
 from speechmerge.logutil import job_log
 from speechmerge.model import select_device
+from speechmerge.plan.params import training_runtime
 from speechmerge.train import finetune
 
 sm = snakemake  # noqa: F821

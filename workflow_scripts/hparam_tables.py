@@ -1,7 +1,7 @@
 """Rule hparam_tables: Tables 5 (ASR) and 6 (ST), the hyper-parameters this run used."""
 
 from speechmerge.logutil import job_log
-from speechmerge.study import write_hparam_tables
+from speechmerge.report.hparams import write_hparam_tables
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0]):

@@ -1,9 +1,10 @@
 """Rule joint: a joint-training baseline on the union of its pairs' fine-tuning data."""
 
-from speechmerge.config import training_runtime
-from speechmerge.joint import pair_languages, train_joint
+from speechmerge.joint import train_joint
 from speechmerge.logutil import job_log
 from speechmerge.model import select_device
+from speechmerge.plan.params import training_runtime
+from speechmerge.plan.settings import pair_languages
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0], sm.threads) as log:

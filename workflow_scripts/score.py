@@ -5,6 +5,7 @@ import os
 from speechmerge.decode import score_model
 from speechmerge.logutil import job_log
 from speechmerge.model import select_device
+from speechmerge.plan import SCORES
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0], sm.threads):
@@ -22,5 +23,5 @@ with job_log(sm.log[0], sm.threads):
         raise ValueError(f"{len(models)} models for {len(outs_per_model)} outputs")
     for model, outs in zip(models, outs_per_model):
         jobs = [(lang, task, test, o) for (lang, task), test, o in zip(pairs, tests, outs)]
-        system = os.path.relpath(os.path.dirname(outs[0]), "results/scores")
+        system = os.path.relpath(os.path.dirname(outs[0]), SCORES)
         score_model(model, jobs, sm.params.decode, device, system)

@@ -6,17 +6,16 @@ from speechmerge.select import select_taskvector, write_json
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0], sm.threads) as log:
-    w = sm.wildcards
-    device = select_device(sm.params.device)
+    w, p = sm.wildcards, sm.params
     sel = select_taskvector(
         sm.input.base,
         sm.input.taskvector,
         w.lang,
         w.task,
-        sm.input.dev,
-        sm.params.select,
-        sm.params.decode,
-        device,
+        dev_tsv=sm.input.dev,
+        select_cfg=p.select,
+        decode_cfg=p.decode,
+        device=select_device(p.device),
     )
     log.info("selected %s-%s: r=%s p=%s", w.lang, w.task, sel["rank_ratio"], sel["keep_ratio"])
     write_json(sm.output[0], sel)

@@ -1,7 +1,7 @@
 """Rule significance: paired-bootstrap CIs and p-values of the verdicts' comparisons."""
 
 from speechmerge.logutil import job_log
-from speechmerge.significance import write_significance
+from speechmerge.report.significance import write_significance
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0]):

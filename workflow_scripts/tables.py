@@ -1,7 +1,7 @@
 """Rule tables: the paper's tables (CSV + Markdown) from the score files."""
 
 from speechmerge.logutil import job_log
-from speechmerge.report import write_tables
+from speechmerge.report.tables import write_tables
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0]):

@@ -6,22 +6,23 @@ named ``{lang}-{task}.json`` in a system's score folder.
 
 Every plotted test-set score has its 95 % paired-bootstrap CI (columns ``ci_low``, ``ci_high``
 of the CSV; a band around each line): over the test utterances of every score file averaged
-into the point (:func:`speechmerge.report.average_ci`), or, for Figure 5, of the sweep
+into the point (:func:`speechmerge.report.tables.average_ci`), or, for Figure 5, of the sweep
 points' per-utterance statistics. Without hypotheses to resample the CI columns are empty.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_write_text
-from .report import METHOD_NAMES, average_ci, read_score
+from ..atomic import atomic_file, atomic_write_text
+from ..metrics import bootstrap
+from ..plan.settings import fmt_scale
+from .tables import METHOD_NAMES, average_ci, read_score
 
 METRIC = {"asr": "WER (%) ↓", "st": "BLEU ↑"}
 TASK_NAME = {"asr": "ASR", "st": "ST (X→en)"}
@@ -101,8 +102,6 @@ def data_scale_data(
     merged score folder}; `joint_dirs` (optional): {"scale/task": multi-lingual training score
     folder}; `hours`: {lang: train hours at scale 1} (the x axis is the mean hours per language).
     """
-    from .study import fmt_scale
-
     rows = []
     mean_hours = _mean([hours[lang] for lang in langs])
     for task in tasks:
@@ -133,8 +132,6 @@ def retain_data(sweeps: Sequence[str | Path]) -> pd.DataFrame:
     :func:`speechmerge.study.prune_sweep` results): one row per (pruning, data scale, retain
     ratio), WER averaged over languages, with the CI of that average from the points'
     per-utterance statistics (NaN for sweeps written without them)."""
-    from .metrics import bootstrap
-
     recs = []
     datas = [d for path in sweeps for d in json.loads(Path(path).read_text())["sweeps"]]
     for data in datas:
@@ -170,7 +167,7 @@ def retain_data(sweeps: Sequence[str | Path]) -> pd.DataFrame:
 
 
 def _figure(ncols: int):
-    import matplotlib
+    import matplotlib  # optional (extra "plots"), and slow to import: only to draw
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -180,13 +177,10 @@ def _figure(ncols: int):
 
 
 def _save(plt, fig, png: str | Path) -> None:
-    png = Path(png)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(f".{png.name}.tmp")
     fig.tight_layout()
-    fig.savefig(tmp, format="png", dpi=120)
+    with atomic_file(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
-    os.replace(tmp, png)
 
 
 STYLE = {

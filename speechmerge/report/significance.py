@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from .atomic import atomic_write_text
-from .config import setting_kind
-from .hypotheses import files_compare
-from .joint import joint_models
-from .metrics import LEVEL, RESAMPLES, SEED
-from .report import METHOD_NAMES, read_score
+from ..atomic import atomic_write_text
+from ..hypotheses import files_compare
+from ..metrics import LEVEL, RESAMPLES, SEED
+from ..plan.settings import joint_models, setting_kind
+from .tables import METHOD_NAMES, read_score
 
 COLUMNS = [
     "setting",

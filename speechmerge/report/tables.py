@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .atomic import atomic_write_text
-from .hypotheses import files_ci, hyp_path
-from .joint import combined_methods, combined_settings, joint_models
+from ..atomic import atomic_write_text
+from ..hypotheses import files_ci, hyp_path
+from ..plan.settings import combined_methods, combined_settings, joint_models, table_name_map
 
 METHOD_NAMES = {
     "wa": "Weight Averaging",
@@ -41,7 +41,7 @@ CAPTIONS = {
     "table3": "Multi-task model merging performed on each language independently; WER/BLEU averaged across languages.",
     "table4": "Multi-lingual multi-task model merging (all task vectors). Avg. averages WER or BLEU directly. With joint training configured: ML and MT training; MT training (per language) and it + ML merging of the per-language models; ML training (per task) and it + MT merging of the per-task models.",
     "table11": "Multi-task model merging, per-language detail of Table 3.",
-    # The low-resource language set (appendix B; speechmerge.study.table_name_map).
+    # The low-resource language set (appendix B; speechmerge.plan.settings.table_name_map).
     "table7": "Multi-lingual ASR model merging, low-resource set (WER ↓, %). Finetuned is the topline.",
     "table8": "Multi-lingual ST model merging, low-resource set (BLEU ↑). Finetuned is the topline.",
     "table9": "Multi-task model merging on each language independently, low-resource set; Avg. averages WER or BLEU directly.",
@@ -119,20 +119,16 @@ def _training_rows(config: dict, s: Scores, pairs: list[tuple[str, str]]) -> dic
     rows: dict[str, dict] = {}
     if "mlmt" in joint:
         rows["ML and MT training"] = {p: s.joint("mlmt", *p) for p in pairs}
-    if all(f"mt-{lang}" in joint for lang, _ in pairs):
-        rows["MT training"] = {(lang, t): s.joint(f"mt-{lang}", lang, t) for lang, t in pairs}
-    if "mttrain-mlmerge" in combined:
-        for m in combined_methods(config):
-            rows[f"MT training + ML {METHOD_NAMES[m]}"] = {
-                p: s.merged("mttrain-mlmerge", m, *p) for p in pairs
-            }
-    if all(f"ml-{t}" in joint for _, t in pairs):
-        rows["ML training"] = {(lang, t): s.joint(f"ml-{t}", lang, t) for lang, t in pairs}
-    if "mltrain-mtmerge" in combined:
-        for m in combined_methods(config):
-            rows[f"ML training + MT {METHOD_NAMES[m]}"] = {
-                p: s.merged("mltrain-mtmerge", m, *p) for p in pairs
-            }
+    # (row, the joint model of a pair, the combined setting merging those models, its rows)
+    for row, model, setting, merged in (
+        ("MT training", lambda lang, t: f"mt-{lang}", "mttrain-mlmerge", "MT training + ML"),
+        ("ML training", lambda lang, t: f"ml-{t}", "mltrain-mtmerge", "ML training + MT"),
+    ):
+        if all(model(*p) in joint for p in pairs):
+            rows[row] = {p: s.joint(model(*p), *p) for p in pairs}
+        if setting in combined:
+            for m in combined_methods(config):
+                rows[f"{merged} {METHOD_NAMES[m]}"] = {p: s.merged(setting, m, *p) for p in pairs}
     return rows
 
 
@@ -234,8 +230,6 @@ def to_markdown(df: pd.DataFrame, title: str) -> str:
 
 def write_tables(config: dict, settings: dict, scores_root, csv_paths: list[str]) -> None:
     """Write each requested ``tableN.csv`` and its ``tableN.md`` twin (atomically)."""
-    from .study import table_name_map
-
     published = table_name_map(config)  # Tables 7-10 for the low-resource set
     tables = {
         published[k]: v
