@@ -5,7 +5,7 @@ Pre-trains a synthetic base exactly as the ``base`` rule does (``pretrain_synthe
 with the ``base.synthetic`` section of a config plus overrides, on the corpus of an earlier
 run, then prints its greedy ASR WER on the first 100 utterances of each language's *dev*
 subset (never test) and the final training loss, as one JSON line. Used to choose the
-default preset's base languages (README "Measured"):
+default preset's base languages (docs/tiny-model-runs.md):
 
     PYTHONPATH=. .venv/bin/python benchmarks/base_probe.py RUN_DIR/results /tmp/probe-10 \\
         --set train.steps=800

@@ -1,5 +1,5 @@
-"""Memory of one whisper-small training step, measured on the CPU (fp32), to scale the README's
-GPU estimates ("GPU memory and time per stage") from a measurement instead of a guess.
+"""Memory of one whisper-small training step, measured on the CPU (fp32), to scale the GPU
+estimates of docs/cluster.md ("GPU memory and time per stage") from a measurement instead of a guess.
 
 A randomly initialised WhisperForConditionalGeneration with whisper-small's shape (244 M
 parameters; no Hub here), SDPA attention, one thread, a fresh process per run:

@@ -3,7 +3,7 @@
 mergekit (Arcee AI, LGPL-3.0; tested with 0.1.5) is an optional test dependency
 (``pip install speechmerge[reference]``, or ``pip install --no-deps mergekit``): the whole
 module is skipped when it cannot be imported. Each test runs both on the same small float64
-tensors; where the two differ by a documented choice (README, "Merge engine and CLI",
+tensors; where the two differ by a documented choice (docs/methods.md,
 differences from the reference implementations) the test pins that difference instead.
 """
 

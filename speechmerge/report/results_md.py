@@ -1,7 +1,8 @@
-"""The README's "Results" section, generated from a run's result files (never typed in).
+"""The "Results" section of docs/results.md (or any Markdown file with the markers),
+generated from a run's result files (never typed in).
 
-``python -m speechmerge results-md RUN_DIR --readme README.md --figures-dir docs/results``
-copies the run's figures next to the README and replaces the text between the markers
+``python -m speechmerge results-md RUN_DIR --readme docs/results.md --figures-dir docs/results``
+copies the run's figures next to that page and replaces the text between the markers
 :data:`BEGIN` and :data:`END` with: the run's label, a verdict table answering the paper's
 claims (does merging beat joint training; is LoRS better than TA, TA than WA; how the merges
 compare with the fine-tunes) — averages from the table CSVs, verdicts from the paired
