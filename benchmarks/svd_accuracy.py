@@ -59,7 +59,7 @@ def measure(t: torch.Tensor, ratio: float, keep: float) -> dict[str, float]:
 def real_matrices(run: Path):
     for path in sorted((run / "results/taskvectors").glob("*.safetensors")):
         with safe_open(str(path), framework="pt") as f:
-            for name in f.keys():
+            for name in f.keys():  # noqa: SIM118 (safe_open is not iterable)
                 t = f.get_tensor(name)
                 if is_prunable(name, t) and t.abs().max() > 0:
                     yield f"{path.stem}:{name}", t
