@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .atomic import check_output_path, temp_path, terminate_on_sigterm
 from .convert import CT2_QUANTIZATIONS
+from .io.atomic import check_output_path, temp_path, terminate_on_sigterm
 from .merge import METHODS, get_method, is_merge_output, merge_models
 from .prune import ROUNDINGS
 
@@ -495,7 +495,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .atomic import verify_tree
+    from .io.atomic import verify_tree
 
     root = _check_dir(args.root, "verify")
     checked, problems = verify_tree(root)

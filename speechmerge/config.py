@@ -271,7 +271,7 @@ def write_effective_config(config: dict, path: str | Path) -> Path:
     defaults) as YAML, atomically: what produced the results beside it."""
     import yaml
 
-    from .atomic import atomic_write_text
+    from .io.atomic import atomic_write_text
 
     text = (
         "# The effective config of the last run (written by the workflow at start).\n"

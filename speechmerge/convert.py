@@ -394,7 +394,7 @@ def convert_ct2(
     to a Hugging Face model dir at `out_dir` (atomically). `src` None = the installed
     whisper-base packages (SHA-256 checked). `sha256`: check a user dir's model.bin too.
     Returns a summary."""
-    from .atomic import atomic_dir
+    from .io.atomic import atomic_dir
 
     if src is None:
         source = check_whisper_base()
@@ -463,8 +463,8 @@ def export_ct2(model_dir, out_dir, *, quantization: str = "float32") -> dict:
     ``processor_config.json`` instead, then it is written out as ``preprocessor_config.json``);
     ``export.json`` records the source, its weights' SHA-256 and the quantization. Returns that
     record."""
-    from .atomic import atomic_dir
-    from .taskvector import model_weights_path
+    from .io.atomic import atomic_dir
+    from .io.weights import model_weights_path
 
     if quantization not in CT2_QUANTIZATIONS:
         raise ConversionError(

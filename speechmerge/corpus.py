@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_dir, atomic_write_text, check_folder
+from .io.atomic import atomic_dir, atomic_write_text, check_folder
 
 COLUMNS = ["id", "audio", "duration", "sentence", "translation"]
 SPLITS = ["base", "train", "dev", "test"]

@@ -45,8 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_dir
 from .corpus import LANGUAGES, Utterance, write_tsv
+from .io.atomic import atomic_dir
 
 log = logging.getLogger(__name__)
 

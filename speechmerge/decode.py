@@ -104,8 +104,8 @@ def score_model(
     import time
     from pathlib import Path
 
-    from .atomic import atomic_write_text
     from .hypotheses import write_hypotheses
+    from .io.atomic import atomic_write_text
     from .metrics import score
     from .model import load_pretrained
     from .train import FIELD

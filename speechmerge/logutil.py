@@ -11,7 +11,7 @@ import sys
 import time
 
 from . import progress
-from .atomic import terminate_on_sigterm
+from .io.atomic import terminate_on_sigterm
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .atomic import atomic_dir, check_folder
+from .io.atomic import atomic_dir, check_folder
 
 # Whisper's special tokens, in Whisper's order (language tokens in the middle).
 SOT = "<|startoftranscript|>"

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_write_text
+from .io.atomic import atomic_write_text
 from .report import METHOD_NAMES, average_ci, read_score
 
 METRIC = {"asr": "WER (%) ↓", "st": "BLEU ↑"}

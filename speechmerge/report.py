@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .atomic import atomic_write_text
 from .hypotheses import files_ci, hyp_path
+from .io.atomic import atomic_write_text
 from .joint import combined_methods, combined_settings, joint_models
 
 METHOD_NAMES = {

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_text
+from .io.atomic import atomic_write_text
 
 
 def objective(scores: Iterable[tuple[str, float]]) -> float:

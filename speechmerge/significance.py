@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .atomic import atomic_write_text
 from .config import setting_kind
 from .hypotheses import files_compare
+from .io.atomic import atomic_write_text
 from .joint import joint_models
 from .metrics import LEVEL, RESAMPLES, SEED
 from .report import METHOD_NAMES, read_score

@@ -288,7 +288,7 @@ def write_hparam_tables(
 ) -> None:
     from pathlib import Path
 
-    from .atomic import atomic_write_text
+    from .io.atomic import atomic_write_text
 
     tables = hparam_tables(config, settings, taskvector_selections, lambda_selections)
     source = "dev-selected (results/selection)" if taskvector_selections else "from the config"

@@ -279,7 +279,7 @@ class Checkpoint:
     def save(self, state: dict) -> None:
         import torch
 
-        from .atomic import atomic_file
+        from .io.atomic import atomic_file
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(self.path) as tmp:
@@ -312,7 +312,7 @@ class Checkpoint:
         return state
 
     def remove(self) -> None:
-        from .atomic import remove_stale_temps
+        from .io.atomic import remove_stale_temps
 
         self.path.unlink(missing_ok=True)
         remove_stale_temps(self.path)

@@ -9,6 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from speechmerge.architecture import is_prunable
+from speechmerge.io.weights import SafetensorsReader, all_finite
+from speechmerge.linalg import mask_from_threshold, topk_mask, topk_threshold
 from speechmerge.merge import (
     METHODS,
     TaskVectors,
@@ -17,16 +20,7 @@ from speechmerge.merge import (
     merge_state_dicts,
     merge_tensor,
 )
-from speechmerge.prune import (
-    count_from_ratio,
-    is_prunable,
-    lors_dense,
-    magnitude_prune,
-    mask_from_threshold,
-    topk_mask,
-    topk_threshold,
-)
-from speechmerge.taskvector import SafetensorsReader, all_finite
+from speechmerge.prune import count_from_ratio, lors_dense, magnitude_prune
 
 MAT = "model.encoder.layers.0.fc1.weight"
 VEC = "model.encoder.layers.0.fc1.bias"

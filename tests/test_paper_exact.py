@@ -9,8 +9,8 @@ import torch
 
 from speechmerge import cli
 from speechmerge import config as smcfg
-from speechmerge import merge as smmerge
 from speechmerge.merge import merge_state_dicts, normalize_params
+from speechmerge.merge import subspace as smsubspace
 from speechmerge.prune import (
     count_from_ratio,
     lors,
@@ -147,7 +147,7 @@ def test_merge_in_paper_mode_equals_reference() -> None:
     ],
 )
 def test_exact_reaches_tsvm_and_iso_cts(monkeypatch, method: str, params: dict) -> None:
-    seen = spy_exact(monkeypatch, smmerge)
+    seen = spy_exact(monkeypatch, smsubspace)
     g = torch.Generator().manual_seed(2)
     name = "model.decoder.layers.0.self_attn.q_proj.weight"
     base = {name: torch.randn(64, 64, generator=g)}
