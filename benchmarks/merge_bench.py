@@ -181,8 +181,10 @@ def engine_inputs(data: Path, n: int) -> list[Path]:
 
 
 def child_merge(method: str, data: Path, n: int, out: Path) -> None:
+    from speechmerge.io.memory import enable_streaming_memory_tuning
     from speechmerge.merge import merge_models
 
+    enable_streaming_memory_tuning()  # as the workflow's merge jobs and the CLI do
     tvs = engine_inputs(data, n)[1:]
     name, params = method_spec(method)
     t0 = time.time()
