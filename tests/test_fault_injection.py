@@ -398,10 +398,11 @@ def _(tmp: Path, inputs: dict) -> None:
 STALLED_CLI = """
 import sys, time
 import speechmerge.cli as cli
+import speechmerge.cli.commands as commands
 def stall(*args, **kwargs):
     print("ready", flush=True)
     time.sleep(300)
-cli.merge_models = stall
+commands.merge_models = stall
 sys.exit(cli.main(sys.argv[1:]))
 """
 

@@ -9,6 +9,7 @@ import torch
 
 from speechmerge import cli
 from speechmerge import config as smcfg
+from speechmerge.cli import params as cliparams
 from speechmerge.merge import merge_state_dicts, normalize_params
 from speechmerge.merge import subspace as smsubspace
 from speechmerge.prune import (
@@ -166,12 +167,12 @@ def test_cli_paper_exact_sets_rounding() -> None:
     merge = ["merge", "--base", "b", "--finetuned", "a", "--method", "lors", "--out", "o"]
     for flags in (["--paper-exact"], ["--rounding", "paper"]):
         args = parser.parse_args([*merge, *flags])
-        assert all(p["rounding"] == "paper" for p in cli._merge_params(args, ["a"]))
+        assert all(p["rounding"] == "paper" for p in cliparams.merge_params(args, ["a"]))
     args = parser.parse_args(merge)
-    assert all("rounding" not in p for p in cli._merge_params(args, ["a"]))
+    assert all("rounding" not in p for p in cliparams.merge_params(args, ["a"]))
     args = parser.parse_args([*merge, "--paper-exact", "--rounding", "ceil"])
     with pytest.raises(ValueError, match="contradicts"):
-        cli._merge_params(args, ["a"])
+        cliparams.merge_params(args, ["a"])
 
 
 def test_config_rounding_reaches_merge_params() -> None:
