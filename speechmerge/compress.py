@@ -194,7 +194,9 @@ def compress_lors(
         def produce(stored: str) -> Tensor:
             if stored in dense_lors:
                 t = r.get_tensor(stored)
-                return lors_dense(t, rank_ratio, keep_ratio, exact, rounding).contiguous()
+                return lors_dense(
+                    t, rank_ratio, keep_ratio, exact=exact, rounding=rounding
+                ).contiguous()
             if SEP not in stored:
                 return r.get_tensor(stored).contiguous()
             name, part = stored.rsplit(SEP, 1)

@@ -43,6 +43,7 @@ Rounding (``rounding=``, config ``merge.rounding``, CLI ``--paper-exact``)
 from __future__ import annotations
 
 import math
+from typing import TypedDict, Unpack
 
 import torch
 from torch import Tensor
@@ -51,6 +52,7 @@ from .linalg import keep_selection, topk_selection, truncated_svd, work_dtype
 
 __all__ = [
     "ROUNDINGS",
+    "SVDOptions",
     "check_ratio",
     "check_rounding",
     "count_from_ratio",
@@ -228,18 +230,21 @@ def lors(
     return low, sparse
 
 
+class SVDOptions(TypedDict, total=False):
+    """The keyword options of :func:`lors` (and :func:`svp`) that :func:`lors_dense` passes on."""
+
+    exact: bool | None
+    rounding: str | None
+
+
 def lors_dense(
-    t: Tensor,
-    rank_ratio: float,
-    keep_ratio: float,
-    exact: bool | None = None,
-    rounding: str | None = None,
+    t: Tensor, rank_ratio: float, keep_ratio: float, **opts: Unpack[SVDOptions]
 ) -> Tensor:
-    """``LoRS(τ) = L + S`` as used in the merge, eq. (8).
+    """``LoRS(τ) = L + S`` as used in the merge, eq. (8); ``opts`` as :func:`lors`'s.
 
     (A fused ``where(top-k of |τ − L|, τ, L)`` was measured slower on CPU: a masked ``where``
     costs more than :func:`speechmerge.linalg.keep_selection`'s in-place threshold + copysign
     plus one add.)
     """
-    low, sparse = lors(t, rank_ratio, keep_ratio, exact=exact, rounding=rounding)
+    low, sparse = lors(t, rank_ratio, keep_ratio, **opts)
     return low.add_(sparse)

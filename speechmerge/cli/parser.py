@@ -27,6 +27,15 @@ FILE_OUT_HELP = (
     "output .safetensors file: must be new or a task-vector file written by speechmerge, "
     "which is replaced"
 )
+COMPRESS_EXACT_HELP = "exact SVD (default: randomized for small ranks)"
+COMPRESS_PAPER_HELP = (
+    "the LoRS-Merging authors' rounding: int(r min(d,k)) (0 allowed), int(p n), exact SVD"
+)
+VERIFY_HELP = "check every output folder under DIR against its manifest (files, sizes, hashes)"
+VERIFY_DESCRIPTION = (
+    "Find damaged outputs (a deleted, truncated or changed file) that Snakemake would take as "
+    "complete: every folder with a speechmerge-manifest.json is checked."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,14 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--finetuned", metavar="DIR", help="fine-tuned model dir (with --base)")
     c.add_argument("--rank-ratio", type=float, required=True, metavar="R", help="r of SVP")
     c.add_argument("--keep-ratio", type=float, required=True, metavar="P", help="p of MP")
-    c.add_argument(
-        "--exact-svd", action="store_true", help="exact SVD (default: randomized for small ranks)"
-    )
-    c.add_argument(
-        "--paper-exact",
-        action="store_true",
-        help="the LoRS-Merging authors' rounding: int(r min(d,k)) (0 allowed), int(p n), exact SVD",
-    )
+    c.add_argument("--exact-svd", action="store_true", help=COMPRESS_EXACT_HELP)
+    c.add_argument("--paper-exact", action="store_true", help=COMPRESS_PAPER_HELP)
     c.add_argument("--out", required=True, metavar="FILE", help=FILE_OUT_HELP)
     c.add_argument("--force", action="store_true", help=FORCE_HELP)
     c.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -215,12 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight type of the exported model (default: float32)",
     )
 
-    y = sub.add_parser(
-        "verify",
-        help="check every output folder under DIR against its manifest (files, sizes, hashes)",
-        description="Find damaged outputs (a deleted, truncated or changed file) that Snakemake "
-        "would take as complete: every folder with a speechmerge-manifest.json is checked.",
-    )
+    y = sub.add_parser("verify", help=VERIFY_HELP, description=VERIFY_DESCRIPTION)
     y.add_argument("root", metavar="DIR", help="e.g. results/")
 
     r = sub.add_parser(

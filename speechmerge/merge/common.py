@@ -16,6 +16,7 @@ from ..architecture import is_prunable
 from ..prune import check_ratio, svd_exact
 
 __all__ = [
+    "MergeFn",
     "Prune",
     "exact",
     "mean",
@@ -25,6 +26,9 @@ __all__ = [
     "ratio_param",
     "sum_each",
 ]
+
+#: A method's per-tensor function: ``f(name, base, taskvectors, params, lam) -> merged``.
+MergeFn = Callable[[str, Tensor, Sequence[Tensor], list[dict[str, Any]], float], Tensor]
 
 #: ``P(τ_i, params[i])``: a pruning of one task vector with its own parameters.
 Prune = Callable[[Tensor, dict[str, Any]], Tensor]

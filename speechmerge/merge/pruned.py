@@ -13,7 +13,15 @@ from torch import Tensor
 
 from ..linalg import keep_selection, topk_selection
 from ..prune import count_from_ratio, lors_dense, magnitude_prune, svp
-from .common import exact, method_param, pruned_task_arithmetic, ratio_param, sum_each
+from .common import (
+    MergeFn,
+    Prune,
+    exact,
+    method_param,
+    pruned_task_arithmetic,
+    ratio_param,
+    sum_each,
+)
 
 __all__ = [
     "dare_mask",
@@ -39,25 +47,31 @@ def _lors(t: Tensor, p: dict[str, Any]) -> Tensor:
     )
 
 
-def mp_merging(
-    name: str, base: Tensor, taskvectors: Sequence[Tensor], params: list[dict[str, Any]], lam: float
-) -> Tensor:
-    """MP-Merging: θ0 + λ Σ MP(τ_i, p_i) (eqs. 1-2)."""
-    return pruned_task_arithmetic(name, base, taskvectors, params, lam, _mp)
+def _pruned_merging(name: str, prune: Prune, doc: str) -> MergeFn:
+    """The merge function ``name``: ``θ0 + λ Σ P(τ_i)`` with ``P = prune`` on prunable matrices
+    (:func:`speechmerge.merge.common.pruned_task_arithmetic`), documented by ``doc``."""
+
+    def merge(
+        tensor: str,
+        base: Tensor,
+        taskvectors: Sequence[Tensor],
+        params: list[dict[str, Any]],
+        lam: float,
+    ) -> Tensor:
+        return pruned_task_arithmetic(tensor, base, taskvectors, params, lam, prune)
+
+    merge.__name__ = merge.__qualname__ = name
+    merge.__doc__ = doc
+    return merge
 
 
-def svp_merging(
-    name: str, base: Tensor, taskvectors: Sequence[Tensor], params: list[dict[str, Any]], lam: float
-) -> Tensor:
-    """SVP-Merging: θ0 + λ Σ SVP(τ_i, r_i) (eqs. 3-4)."""
-    return pruned_task_arithmetic(name, base, taskvectors, params, lam, _svp)
-
-
-def lors_merging(
-    name: str, base: Tensor, taskvectors: Sequence[Tensor], params: list[dict[str, Any]], lam: float
-) -> Tensor:
-    """LoRS-Merging: θ0 + λ Σ (L_i + S_i) (eqs. 5-8)."""
-    return pruned_task_arithmetic(name, base, taskvectors, params, lam, _lors)
+mp_merging = _pruned_merging("mp_merging", _mp, "MP-Merging: θ0 + λ Σ MP(τ_i, p_i) (eqs. 1-2).")
+svp_merging = _pruned_merging(
+    "svp_merging", _svp, "SVP-Merging: θ0 + λ Σ SVP(τ_i, r_i) (eqs. 3-4)."
+)
+lors_merging = _pruned_merging(
+    "lors_merging", _lors, "LoRS-Merging: θ0 + λ Σ (L_i + S_i) (eqs. 5-8)."
+)
 
 
 def ties_merging(

@@ -19,6 +19,7 @@ from typing import Any
 from torch import Tensor
 
 from . import basic, pruned, subspace
+from .common import MergeFn
 
 __all__ = [
     "METHODS",
@@ -31,8 +32,6 @@ __all__ = [
     "get_method",
     "register",
 ]
-
-MergeFn = Callable[[str, Tensor, Sequence[Tensor], list[dict[str, Any]], float], Tensor]
 
 #: The ``default`` of a :class:`Param` that has none: the caller must give it.
 REQUIRED: Any = type("Required", (), {"__repr__": lambda self: "REQUIRED"})()
