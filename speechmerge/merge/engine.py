@@ -289,6 +289,10 @@ def merge_models(
     any error nothing is written at ``out_dir``. An existing ``out_dir`` is replaced only if it
     is a previous merge output (it has ``merge.json``) or with ``force``; anything else raises
     FileExistsError. Errors name the file and the tensor. Returns ``out_dir``.
+
+    The process's allocator is left alone: a program that merges large models calls
+    :func:`speechmerge.io.memory.enable_streaming_memory_tuning` first (the CLI and the
+    workflow do), which also turns on trims around large tensors and read-ahead.
     """
     m = get_method(method)
     lam = _check_lam(lam)

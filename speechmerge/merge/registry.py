@@ -18,8 +18,10 @@ from typing import Any
 
 from torch import Tensor
 
-from . import basic, pruned, subspace
+from .basic import task_arithmetic, weight_averaging
 from .common import MergeFn
+from .pruned import dare_merging, lors_merging, mp_merging, svp_merging, ties_merging
+from .subspace import cart_merging, iso_c_merging, iso_cts_merging, tsv_merging
 
 __all__ = [
     "METHODS",
@@ -111,21 +113,21 @@ _ISO = "Marczak et al., No Task Left Behind: Isotropic Model Merging, ICML 2025"
 BUILTIN: tuple[MergeMethod, ...] = (
     MergeMethod(
         "wa",
-        basic.weight_averaging,
+        weight_averaging,
         "Weight Averaging",
         f"{_LORS_PAPER}, baseline; Wortsman et al., Model soups, ICML 2022",
         uses_lambda=False,
     ),
     MergeMethod(
         "ta",
-        basic.task_arithmetic,
+        task_arithmetic,
         "Task Arithmetic",
         f"{_LORS_PAPER}, baseline; Ilharco et al., Editing Models with Task Arithmetic, ICLR 2023",
         default_lambda=0.3,
     ),
     MergeMethod(
         "mp",
-        pruned.mp_merging,
+        mp_merging,
         "MP-Merging",
         f"{_LORS_PAPER}, eqs. 1-2",
         (Param("keep_ratio"), ROUNDING),
@@ -133,7 +135,7 @@ BUILTIN: tuple[MergeMethod, ...] = (
     ),
     MergeMethod(
         "svp",
-        pruned.svp_merging,
+        svp_merging,
         "SVP-Merging",
         f"{_LORS_PAPER}, eqs. 3-4",
         (Param("rank_ratio"), EXACT, ROUNDING),
@@ -141,7 +143,7 @@ BUILTIN: tuple[MergeMethod, ...] = (
     ),
     MergeMethod(
         "lors",
-        pruned.lors_merging,
+        lors_merging,
         "LoRS-Merging",
         f"{_LORS_PAPER}, eqs. 5-8",
         (Param("rank_ratio"), Param("keep_ratio"), EXACT, ROUNDING),
@@ -149,14 +151,14 @@ BUILTIN: tuple[MergeMethod, ...] = (
     ),
     MergeMethod(
         "ties",
-        pruned.ties_merging,
+        ties_merging,
         "TIES-Merging",
         "Yadav et al., TIES-Merging, NeurIPS 2023, Alg. 1",
         (Param("keep_ratio", 0.2),),
     ),
     MergeMethod(
         "dare",
-        pruned.dare_merging,
+        dare_merging,
         "DARE",
         "Yu et al., Language Models are Super Mario, ICML 2024, eq. 1",
         (Param("drop_rate", 0.9), Param("seed", 0, per_task=False)),
@@ -164,22 +166,22 @@ BUILTIN: tuple[MergeMethod, ...] = (
     ),
     MergeMethod(
         "tsvm",
-        subspace.tsv_merging,
+        tsv_merging,
         "TSV-M",
         "Gargiulo et al., Task Singular Vectors, CVPR 2025",
         (Param("rank_fraction", "1/n"), EXACT),
     ),
-    MergeMethod("iso_c", subspace.iso_c_merging, "Iso-C", f"{_ISO} (Iso-C)"),
+    MergeMethod("iso_c", iso_c_merging, "Iso-C", f"{_ISO} (Iso-C)"),
     MergeMethod(
         "iso_cts",
-        subspace.iso_cts_merging,
+        iso_cts_merging,
         "Iso-CTS",
         f"{_ISO} (Iso-CTS)",
         (Param("common_fraction", 0.8, per_task=False), EXACT),
     ),
     MergeMethod(
         "cart",
-        subspace.cart_merging,
+        cart_merging,
         "CART",
         "Choi et al., Revisiting Weight Averaging for Model Merging, 2024, eq. 6",
         (Param("rank_ratio", 0.08), EXACT),
