@@ -15,9 +15,8 @@ Snakemake would take as complete. This is the one place that makes temporary out
 :func:`check_output_path` is the guard of user-facing ``--out`` paths: an existing path is
 replaced only if it is a previous output of this tool (or with ``force``).
 
-Writers use :func:`atomic_file` (a file), :func:`atomic_dir` (a
-folder, with its manifest) or :func:`scratch_dir` (a working folder that never becomes an
-output).
+Writers use :func:`atomic_file` (a file), :func:`atomic_dir` (a folder, with its manifest) or
+:func:`scratch_dir` (a working folder that never becomes an output).
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 Reports and the dev selection read these declarations instead of keeping their own copies:
 :data:`METHOD_NAMES` (name → the name tables print) and :data:`RATIO_FREE` (the methods that
 read neither ``rank_ratio`` nor ``keep_ratio``, so a dev-selected (r, p) cannot change their
-merges). :func:`register` adds a method of one's own; :func:`get_method` looks one up.
+merges). Each :class:`MergeMethod` also says whether it uses λ (``uses_lambda``: Weight
+Averaging does not, so the dev selection selects no λ for it). :func:`register` adds a method
+of one's own; :func:`get_method` looks one up.
 
 A method's function has the signature :data:`MergeFn`; the methods themselves are grouped by
 family in :mod:`speechmerge.merge.basic`, :mod:`~speechmerge.merge.pruned` and
@@ -35,8 +37,14 @@ __all__ = [
     "register",
 ]
 
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
 #: The ``default`` of a :class:`Param` that has none: the caller must give it.
-REQUIRED: Any = type("Required", (), {"__repr__": lambda self: "REQUIRED"})()
+REQUIRED: Any = _Required()
 
 #: The selection's ratios: a method that declares neither is in :data:`RATIO_FREE`.
 SELECTED_RATIOS = ("rank_ratio", "keep_ratio")
@@ -68,7 +76,13 @@ ROUNDING = Param("rounding", "ceil")
 
 @dataclass(frozen=True)
 class MergeMethod:
-    """A registered merging method: its per-tensor function and its declaration."""
+    """A registered merging method: its per-tensor function and its declaration.
+
+    ``pretty_name`` is what tables print, ``reference`` the paper (and where in it),
+    ``params`` what it reads, ``default_lambda`` the λ the CLI uses when none is given (the
+    value suggested by the method's paper, or this project's config default 0.3 for the
+    task-arithmetic family), ``uses_lambda`` False for a method that ignores λ.
+    """
 
     name: str
     fn: MergeFn
