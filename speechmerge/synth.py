@@ -60,6 +60,7 @@ class ESpeak:
     _lock = threading.Lock()
 
     def __init__(self) -> None:
+        # deferred: optional extra [synthetic]
         import espeakng_loader
 
         data_path = espeakng_loader.get_data_path()

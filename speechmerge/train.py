@@ -21,16 +21,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .corpus import Utterance, load_audio, read_tsv
+from .io.atomic import atomic_file, remove_stale_temps
 from .model import (
     EOT,
     NO_TIMESTAMPS,
     SOT,
     TASK_TOKENS,
     autocast_dtype,
+    build_synthetic_base,
+    build_tokenizer,
     configure_cuda,
     lang_token,
+    load_pretrained,
+    save_model_dir,
 )
 from .progress import Progress, track
 
@@ -115,13 +121,11 @@ class FeatureDataset:
 
 
 def _stack_features(items):
-    import torch
 
     return [i for i, _ in items], torch.from_numpy(np.stack([f for _, f in items]))
 
 
 def data_worker_init(_worker_id: int) -> None:
-    import torch
 
     torch.set_num_threads(1)  # feature extraction is numpy; leave the cores to training
 
@@ -131,7 +135,6 @@ def feature_loader(dataset, batch_sampler, workers: int = 0, seed: int = 0):
     `batch_sampler`, in its order. With `workers` > 0 they are computed in worker processes,
     at most 2 batches ahead per worker: memory is a few batches whatever the data size. Its
     own seeded generator leaves the global torch RNG (dropout) untouched."""
-    import torch
 
     return torch.utils.data.DataLoader(
         dataset,
@@ -144,7 +147,6 @@ def feature_loader(dataset, batch_sampler, workers: int = 0, seed: int = 0):
 
 
 def _targets(batch: list[Example], pad_id: int):
-    import torch
 
     n = max(len(e.labels) for e in batch)
     dec = torch.full((len(batch), n), pad_id, dtype=torch.long)
@@ -158,7 +160,6 @@ def _targets(batch: list[Example], pad_id: int):
 def collate(batch: list[Example], pad_id: int, processor=None):
     """(features, decoder_input_ids, labels) of a batch; `processor` computes the features
     of examples without precomputed ones."""
-    import torch
 
     feats = torch.from_numpy(np.stack([example_features(processor, e) for e in batch]))
     return (feats, *_targets(batch, pad_id))
@@ -167,7 +168,6 @@ def collate(batch: list[Example], pad_id: int, processor=None):
 def _ctc_row_losses(head, encoder_states, batch: list[Example]):
     """Per-row CTC loss divided by its target length (what ``reduction="mean"`` averages);
     0 for rows without CTC targets. Returns (losses, has_target mask)."""
-    import torch
 
     rows = [i for i, e in enumerate(batch) if e.ctc_targets]
     out = encoder_states.new_zeros(len(batch), dtype=torch.float32)
@@ -277,9 +277,6 @@ class Checkpoint:
         return bool(self.every_minutes) and time.monotonic() - self.last >= 60 * self.every_minutes
 
     def save(self, state: dict) -> None:
-        import torch
-
-        from .atomic import atomic_file
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(self.path) as tmp:
@@ -290,7 +287,6 @@ class Checkpoint:
     def load(self, fingerprint: dict, device: str = "cpu") -> dict | None:
         """The saved state, or None without a checkpoint. Refuses (ValueError naming the file
         and what differs) a checkpoint whose fingerprint is not `fingerprint`."""
-        import torch
 
         if not self.path.exists():
             return None
@@ -312,7 +308,6 @@ class Checkpoint:
         return state
 
     def remove(self) -> None:
-        from .atomic import remove_stale_temps
 
         self.path.unlink(missing_ok=True)
         remove_stale_temps(self.path)
@@ -321,7 +316,6 @@ class Checkpoint:
 
 
 def _sha256_tensors(tensors) -> str:
-    import torch
 
     h = hashlib.sha256()
     for name, t in tensors:
@@ -358,7 +352,6 @@ def run_fingerprint(model, examples: list[Example], hparams: dict) -> dict:
 
 
 def _rng_states(device: str) -> dict:
-    import torch
 
     name, keys, pos, has_gauss, cached = np.random.get_state()
     states = {
@@ -372,7 +365,6 @@ def _rng_states(device: str) -> dict:
 
 
 def _set_rng_states(states: dict) -> None:
-    import torch
 
     random.setstate(_as_tuple(states["python"]))
     name, keys, pos, has_gauss, cached = states["numpy"]
@@ -438,7 +430,6 @@ def train(
     with the same weights as an uninterrupted run. Returns a summary (steps, final loss,
     seconds)."""
     run_args = {k: v for k, v in locals().items() if k in RUN_ARGS}
-    import torch
 
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -605,7 +596,6 @@ def training_checkpoint(out_dir, runtime: dict | None) -> Checkpoint | None:
 def run_training(model, processor, examples, out_dir, runtime: dict | None, **train_kw) -> dict:
     """:func:`train` with the job's checkpoint and data workers (`runtime`), then save the
     model dir atomically and remove the checkpoint (the output now exists)."""
-    from .model import save_model_dir
 
     runtime = runtime or {}
     checkpoint = training_checkpoint(out_dir, runtime)
@@ -653,7 +643,6 @@ def pretrain_synthetic_base(
     (transcripts and translations); never on dev or test. `runtime`: checkpoints and data
     workers (:func:`run_training`).
     """
-    from .model import build_synthetic_base, build_tokenizer
 
     missing = [lang for lang in cfg["languages"] if lang not in corpus_dirs]
     if missing:
@@ -693,7 +682,6 @@ def pretrain_synthetic_base(
 def snapshot_pretrained(name_or_path: str, out_dir) -> dict:
     """Copy a pretrained Whisper (Hub name or local dir) into `out_dir`, so every later job
     reads one fixed local copy."""
-    from .model import load_pretrained, save_model_dir
 
     model, processor = load_pretrained(name_or_path)
     save_model_dir(model, processor, out_dir)
@@ -713,7 +701,6 @@ def finetune(
 ):
     """Full-parameter fine-tuning of the base on one (language, task) (paper section 4.2).
     `runtime`: checkpoints and data workers (:func:`run_training`)."""
-    from .model import load_pretrained
 
     model, processor = load_pretrained(str(base_dir))
     examples = load_examples(processor, [(train_tsv, lang, [task])])

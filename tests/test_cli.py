@@ -187,7 +187,7 @@ def test_outputs_get_umask_permissions(whisper, tmp_path: Path, capsys) -> None:
 
 
 def test_stale_temps_of_a_killed_run_are_removed(whisper, tmp_path: Path, capsys) -> None:
-    from speechmerge.atomic import TMP_TAG, _host
+    from speechmerge.io.atomic import TMP_TAG, _host
 
     _, base, fts = whisper
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
@@ -204,7 +204,7 @@ def test_stale_temps_of_a_killed_run_are_removed(whisper, tmp_path: Path, capsys
 
 
 def test_sigterm_cleans_up_like_sigint(tmp_path: Path) -> None:
-    from speechmerge.atomic import atomic_dir, terminate_on_sigterm
+    from speechmerge.io.atomic import atomic_dir, terminate_on_sigterm
 
     with pytest.raises(SystemExit) as ei, terminate_on_sigterm(), atomic_dir(tmp_path / "o") as t:
         (t / "part").write_text("half")

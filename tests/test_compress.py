@@ -9,15 +9,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from speechmerge.architecture import is_prunable
 from speechmerge.compress import (
     CompressedTaskVector,
     compress_lors,
     decompress,
     open_task_vector,
 )
+from speechmerge.io.weights import SafetensorsReader
 from speechmerge.merge import merge_models
-from speechmerge.prune import is_prunable, lors_dense
-from speechmerge.taskvector import SafetensorsReader
+from speechmerge.prune import lors_dense
 
 SHAPES = {
     "model.encoder.layers.0.fc1.weight": (96, 64),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import os
 import shutil
@@ -278,19 +279,32 @@ def test_validation_works_from_an_installed_wheel(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
 
 
-def test_importing_the_library_pulls_in_no_optional_dependency():
-    """The library's light modules (the plan, the config, the tables) import none of the
-    workflow's or the optional extras' packages: they load only where they are used."""
-    modules = ["speechmerge", "speechmerge.plan", "speechmerge.config", "speechmerge.report"]
-    modules += ["speechmerge.report.tables", "speechmerge.report.significance"]
-    modules += ["speechmerge.report.results_md", "speechmerge.report.hparams"]
-    modules += ["speechmerge.report.figures", "speechmerge.joint", "speechmerge.select"]
-    heavy = ["snakemake", "datasets", "espeakng_loader", "num2words", "matplotlib", "scipy"]
+def loaded(modules: list[str], packages: list[str]) -> list[str]:
+    """Which of `packages` a fresh interpreter has loaded after importing `modules`."""
     code = "; ".join(
         [f"import {m}" for m in modules]
-        + ["import sys", f"print([m for m in {heavy!r} if m in sys.modules])"]
+        + ["import sys", f"print([m for m in {packages!r} if m in sys.modules])"]
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    res = python("-c", code, env=env)
+    res = python("-c", code, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.strip() == "[]"
+    return ast.literal_eval(res.stdout.strip())
+
+
+LIGHT = ["speechmerge", "speechmerge.plan", "speechmerge.config", "speechmerge.report"]
+LIGHT += ["speechmerge.report.tables", "speechmerge.report.significance"]
+LIGHT += ["speechmerge.report.results_md", "speechmerge.report.hparams"]
+LIGHT += ["speechmerge.report.figures", "speechmerge.merge.registry"]
+
+
+def test_importing_the_library_pulls_in_no_optional_dependency():
+    """The library's modules import none of the workflow's or the optional extras' packages:
+    they load only where they are used."""
+    heavy = ["snakemake", "datasets", "espeakng_loader", "num2words", "matplotlib", "scipy"]
+    assert loaded([*LIGHT, "speechmerge.joint", "speechmerge.select"], heavy) == []
+
+
+def test_the_planning_and_report_code_loads_no_torch():
+    """The Snakefile imports the plan and the config (every snakemake start, dry runs
+    included) and the table/figure jobs import the report code: none loads torch or
+    transformers (seconds of import each)."""
+    assert loaded(LIGHT, ["torch", "transformers"]) == []

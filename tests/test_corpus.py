@@ -456,7 +456,7 @@ def test_sampling_fails_instead_of_hanging():
 def test_subset_refuses_a_damaged_corpus(tmp_path):
     """A corpus folder whose clip was truncated after it was written (its manifest says
     otherwise): the subset job names the clip instead of using it."""
-    from speechmerge.atomic import atomic_dir
+    from speechmerge.io.atomic import atomic_dir
 
     corpus = tmp_path / "corpus"
     with atomic_dir(corpus) as tmp:

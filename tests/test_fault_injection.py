@@ -60,7 +60,7 @@ import pytest
 import yaml
 from conftest import REPO, cli, merge_args, reversed_keys, smk, tree
 
-from speechmerge.atomic import TMP_TAG
+from speechmerge.io.atomic import TMP_TAG
 
 Models = tuple[Path, Path, list[Path]]  # the `whisper` fixture: (root, base, fine-tunes)
 Probe = Callable[[Path, dict], None]  # (its own empty folder, shared inputs)
@@ -306,7 +306,7 @@ def _(tmp: Path, inputs: dict) -> None:
     import numpy as np
     import soundfile as sf
 
-    from speechmerge.atomic import atomic_dir, check_folder, verify_tree
+    from speechmerge.io.atomic import atomic_dir, check_folder, verify_tree
 
     results = tmp / "results"
     model = results / "merged" / "ml-asr" / "ta"
@@ -399,10 +399,11 @@ def _(tmp: Path, inputs: dict) -> None:
 STALLED_CLI = """
 import sys, time
 import speechmerge.cli as cli
+import speechmerge.cli.commands as commands
 def stall(*args, **kwargs):
     print("ready", flush=True)
     time.sleep(300)
-cli.merge_models = stall
+commands.merge_models = stall
 sys.exit(cli.main(sys.argv[1:]))
 """
 

@@ -11,9 +11,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from speechmerge.architecture import is_prunable
+from speechmerge.io.weights import model_weights_path
 from speechmerge.merge import METHODS, merge_models, merge_state_dicts, register
-from speechmerge.prune import is_prunable, lors
-from speechmerge.taskvector import compute_task_vector, model_weights_path
+from speechmerge.prune import lors
+from speechmerge.taskvector import compute_task_vector
 
 SHAPES: dict[str, tuple[int, ...]] = {
     "model.encoder.conv1.weight": (8, 4, 3),

@@ -14,7 +14,6 @@ from safetensors.torch import load_file, save_file
 
 from speechmerge.merge import (
     METHODS,
-    _dare_seed,
     dare_mask,
     get_method,
     iso_cts_dims,
@@ -23,6 +22,7 @@ from speechmerge.merge import (
     method_param,
     tsvm_rank,
 )
+from speechmerge.merge.pruned import _dare_seed
 
 MAT = "model.encoder.layers.0.fc1.weight"  # a "layer matrix" (prunable)
 VEC = "model.encoder.layers.0.fc1.bias"  # a non-matrix tensor

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import weakref
 from pathlib import Path
 
@@ -9,6 +11,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from speechmerge.architecture import is_prunable
+from speechmerge.io import memory
+from speechmerge.io.weights import SafetensorsReader, all_finite
+from speechmerge.linalg import mask_from_threshold, topk_mask, topk_threshold
 from speechmerge.merge import (
     METHODS,
     TaskVectors,
@@ -17,16 +23,7 @@ from speechmerge.merge import (
     merge_state_dicts,
     merge_tensor,
 )
-from speechmerge.prune import (
-    count_from_ratio,
-    is_prunable,
-    lors_dense,
-    magnitude_prune,
-    mask_from_threshold,
-    topk_mask,
-    topk_threshold,
-)
-from speechmerge.taskvector import SafetensorsReader, all_finite
+from speechmerge.prune import count_from_ratio, lors_dense, magnitude_prune
 
 MAT = "model.encoder.layers.0.fc1.weight"
 VEC = "model.encoder.layers.0.fc1.bias"
@@ -225,3 +222,52 @@ def test_prefetch_is_harmless(tmp_path: Path) -> None:
         for name in ("a", "b", "missing"):
             r.prefetch(name)
         assert torch.equal(r.get_tensor("a"), t["a"]) and torch.equal(r.get_tensor("b"), t["b"])
+
+
+# ---------------------------------------------------------------- memory tuning: opt-in only
+
+
+def _spy_memory(monkeypatch: pytest.MonkeyPatch, enabled: bool) -> dict[str, int]:
+    """Count the tuning's actions during a merge (every tensor counts as large)."""
+    calls = {"trim": 0, "prefetch": 0, "mallopt": 0}
+
+    def count(key: str):
+        def f(*args, **kwargs) -> None:
+            calls[key] += 1
+
+        return f
+
+    monkeypatch.setattr(memory, "_enabled", enabled)
+    monkeypatch.setattr(memory, "LARGE_TENSOR_BYTES", 0)
+    monkeypatch.setattr(memory, "release_free_memory", count("trim"))
+    monkeypatch.setattr(memory, "keep_freed_memory", count("mallopt"))
+    monkeypatch.setattr(SafetensorsReader, "prefetch", count("prefetch"))
+    return calls
+
+
+def test_merge_does_not_tune_memory_unless_asked(files, tmp_path, monkeypatch) -> None:
+    base, tvs = files
+    calls = _spy_memory(monkeypatch, enabled=False)
+    merge_models(base, tvs, "lors", 0.3, PARAMS, tmp_path / "m", progress=False)
+    assert calls == {"trim": 0, "prefetch": 0, "mallopt": 0}
+    assert not memory.tuning_enabled()
+
+
+def test_enabled_tuning_trims_and_reads_ahead(files, tmp_path, monkeypatch) -> None:
+    base, tvs = files
+    calls = _spy_memory(monkeypatch, enabled=False)
+    memory.enable_streaming_memory_tuning()
+    merge_models(base, tvs, "ta", 0.3, None, tmp_path / "m", progress=False)
+    assert calls["mallopt"] == 1
+    assert calls["trim"] == 2 * len(SHAPES)  # before and after every (large) tensor
+    assert calls["prefetch"] == (len(SHAPES) - 1) * (1 + len(tvs))  # the next tensor, each file
+
+
+def test_importing_the_library_tunes_nothing() -> None:
+    code = (
+        "import speechmerge.cli, speechmerge.merge, speechmerge.compress, speechmerge.taskvector\n"
+        "from speechmerge.io import memory\n"
+        "print(memory.tuning_enabled(), memory.keep_freed_memory.cache_info().currsize)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.split() == ["False", "0"]

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from speechmerge import cli
-from speechmerge import merge as smmerge
+from speechmerge.cli import params as cliparams
 from speechmerge.merge import merge_state_dicts, normalize_params
+from speechmerge.merge import subspace as smsubspace
 from speechmerge.plan import params as smparams
 from speechmerge.prune import (
     count_from_ratio,
@@ -147,7 +148,7 @@ def test_merge_in_paper_mode_equals_reference() -> None:
     ],
 )
 def test_exact_reaches_tsvm_and_iso_cts(monkeypatch, method: str, params: dict) -> None:
-    seen = spy_exact(monkeypatch, smmerge)
+    seen = spy_exact(monkeypatch, smsubspace)
     g = torch.Generator().manual_seed(2)
     name = "model.decoder.layers.0.self_attn.q_proj.weight"
     base = {name: torch.randn(64, 64, generator=g)}
@@ -166,12 +167,12 @@ def test_cli_paper_exact_sets_rounding() -> None:
     merge = ["merge", "--base", "b", "--finetuned", "a", "--method", "lors", "--out", "o"]
     for flags in (["--paper-exact"], ["--rounding", "paper"]):
         args = parser.parse_args([*merge, *flags])
-        assert all(p["rounding"] == "paper" for p in cli._merge_params(args, ["a"]))
+        assert all(p["rounding"] == "paper" for p in cliparams.merge_params(args, ["a"]))
     args = parser.parse_args(merge)
-    assert all("rounding" not in p for p in cli._merge_params(args, ["a"]))
+    assert all("rounding" not in p for p in cliparams.merge_params(args, ["a"]))
     args = parser.parse_args([*merge, "--paper-exact", "--rounding", "ceil"])
     with pytest.raises(ValueError, match="contradicts"):
-        cli._merge_params(args, ["a"])
+        cliparams.merge_params(args, ["a"])
 
 
 def test_config_rounding_reaches_merge_params() -> None:

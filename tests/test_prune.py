@@ -9,9 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from speechmerge.architecture import is_prunable
 from speechmerge.prune import (
     count_from_ratio,
-    is_prunable,
     lors,
     lors_dense,
     magnitude_prune,
@@ -309,7 +309,8 @@ def test_svp_randomized_on_exact_low_rank(case: str, dtype: torch.dtype) -> None
 
 
 def test_svp_keeps_device_and_factors() -> None:
-    from speechmerge.prune import svd_device, svp_factors
+    from speechmerge.linalg import svd_device
+    from speechmerge.prune import svp_factors
 
     t = decaying(100, 80, seed=1)
     us, v = svp_factors(t, 0.1)

@@ -1,10 +1,12 @@
 """Rule merge: θ0 + λ Σ P(τ_i) with the method's pruning P (streamed tensor by tensor)."""
 
+from speechmerge.io.memory import enable_streaming_memory_tuning
 from speechmerge.logutil import job_log
 from speechmerge.merge import merge_models
 from speechmerge.select import selected_lambda, selected_params
 
 sm = snakemake  # noqa: F821
+enable_streaming_memory_tuning()  # opt-in allocator tuning of the streaming merge
 with job_log(sm.log[0]) as log:
     method = sm.wildcards.method
     lam, params = sm.params.lam, sm.params.params

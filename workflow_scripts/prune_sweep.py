@@ -1,12 +1,14 @@
 """Rule prune_sweep: one ASR fine-tune's task vector pruned by SVP and by MP at every retain
 ratio (Figure 5), each added to the base and scored on the test set."""
 
+from speechmerge.io.memory import enable_streaming_memory_tuning
 from speechmerge.logutil import job_log
 from speechmerge.model import select_device
 from speechmerge.select import write_json
 from speechmerge.study import prune_sweep
 
 sm = snakemake  # noqa: F821
+enable_streaming_memory_tuning()  # opt-in allocator tuning of the streaming merge
 with job_log(sm.log[0], sm.threads) as log:
     w, p = sm.wildcards, sm.params
     device = select_device(p.device)

@@ -1,10 +1,12 @@
 """Rule select_lambda: λ per method for one merge setting, by its dev score."""
 
+from speechmerge.io.memory import enable_streaming_memory_tuning
 from speechmerge.logutil import job_log
 from speechmerge.model import select_device
 from speechmerge.select import select_lambda, selected_params, write_json
 
 sm = snakemake  # noqa: F821
+enable_streaming_memory_tuning()  # opt-in allocator tuning of the streaming merge
 with job_log(sm.log[0], sm.threads) as log:
     device = select_device(sm.params.device)
     params = selected_params(sm.params.params, list(sm.input.selections))

@@ -1,10 +1,12 @@
 """Rule select_taskvector: one task vector's (r, p) by dev score of base + LoRS(τ)."""
 
+from speechmerge.io.memory import enable_streaming_memory_tuning
 from speechmerge.logutil import job_log
 from speechmerge.model import select_device
 from speechmerge.select import select_taskvector, write_json
 
 sm = snakemake  # noqa: F821
+enable_streaming_memory_tuning()  # opt-in allocator tuning of the streaming merge
 with job_log(sm.log[0], sm.threads) as log:
     w, p = sm.wildcards, sm.params
     sel = select_taskvector(

@@ -6,14 +6,15 @@ when its own entries do (adding a language never changes another language's para
 
 from __future__ import annotations
 
+from ..merge.registry import METHODS, RATIO_FREE
 from .settings import combined_settings, setting_kind
 
 #: Methods whose optional hyper-parameter sections ``merge.<method>`` are passed through.
 METHOD_PARAM_SECTIONS = ("ties", "dare", "tsvm", "iso_cts", "cart")
 
-#: Methods that read neither a rank ratio r nor a keep ratio p (Weight Averaging, Task
-#: Arithmetic): a dev-selected (r, p) cannot change their merges.
-RATIO_FREE_METHODS = frozenset({"wa", "ta"})
+#: Methods that read neither a rank ratio r nor a keep ratio p (from their declarations in
+#: the registry): a dev-selected (r, p) cannot change their merges, so they do not wait for it.
+RATIO_FREE_METHODS = RATIO_FREE
 
 #: ``finetune`` keys that change how a training job runs, not what it computes, with their
 #: schema defaults: workflow scripts read them from the config (never rule params, so
@@ -116,11 +117,11 @@ def select_config(config: dict) -> dict | None:
 
 
 def lambda_methods(config: dict) -> list[str]:
-    """Methods whose λ is selected: ``merge.select.methods``, default every configured method
-    that has a λ (all but Weight Averaging)."""
+    """Methods whose λ is selected: ``merge.select.methods``, default every configured method;
+    only those that use a λ (the registry's ``uses_lambda``: all but Weight Averaging)."""
     sel = config["merge"].get("select") or {}
-    methods = sel.get("methods") or [m for m in config["merge"]["methods"] if m != "wa"]
-    return [m for m in methods if m != "wa"]
+    methods = sel.get("methods") or config["merge"]["methods"]
+    return [m for m in methods if METHODS[m].uses_lambda]
 
 
 def joint_hparams(config: dict, name: str) -> dict:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..atomic import atomic_file, atomic_write_text
+from ..io.atomic import atomic_file, atomic_write_text
 from ..metrics import bootstrap
 from ..plan.settings import fmt_scale
 from .tables import METHOD_NAMES, average_ci, read_score
@@ -170,6 +170,7 @@ def _figure(ncols: int):
     import matplotlib  # optional (extra "plots"), and slow to import: only to draw
 
     matplotlib.use("Agg")
+    # deferred: optional extra [plots]
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 4.0), squeeze=False)

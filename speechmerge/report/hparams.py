@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..atomic import atomic_write_text
+from ..io.atomic import atomic_write_text
 from ..plan.params import finetune_hparams, merge_lambda, merge_params
 from ..plan.settings import HPARAM_TABLES
 from .tables import METHOD_NAMES

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..atomic import atomic_write_text
+from ..io.atomic import atomic_write_text
 from .significance import COLUMNS as SIG_COLUMNS
 from .significance import JOINT, PAPER_METHODS
 from .tables import METHOD_NAMES

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..atomic import atomic_write_text
 from ..hypotheses import files_compare
+from ..io.atomic import atomic_write_text
 from ..metrics import LEVEL, RESAMPLES, SEED
 from ..plan.settings import joint_models, setting_kind
 from .tables import METHOD_NAMES, read_score

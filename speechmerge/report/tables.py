@@ -17,23 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..atomic import atomic_write_text
 from ..hypotheses import files_ci, hyp_path
+from ..io.atomic import atomic_write_text
+from ..merge.registry import METHOD_NAMES
 from ..plan.settings import combined_methods, combined_settings, joint_models, table_name_map
-
-METHOD_NAMES = {
-    "wa": "Weight Averaging",
-    "ta": "Task Arithmetic",
-    "mp": "MP-Merging",
-    "svp": "SVP-Merging",
-    "lors": "LoRS-Merging",
-    "ties": "TIES-Merging",
-    "dare": "DARE",
-    "tsvm": "TSV-M",
-    "iso_c": "Iso-C",
-    "iso_cts": "Iso-CTS",
-    "cart": "CART",
-}
 
 CAPTIONS = {
     "table1": "Multi-lingual ASR model merging (WER ↓, %). Finetuned is the topline; Avg. averages WER directly.",

@@ -14,6 +14,9 @@ Snakemake would take as complete. This is the one place that makes temporary out
 
 :func:`check_output_path` is the guard of user-facing ``--out`` paths: an existing path is
 replaced only if it is a previous output of this tool (or with ``force``).
+
+Writers use :func:`atomic_file` (a file), :func:`atomic_dir` (a folder, with its manifest) or
+:func:`scratch_dir` (a working folder that never becomes an output).
 """
 
 from __future__ import annotations
@@ -193,6 +196,17 @@ def atomic_dir(out_dir: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def scratch_dir(near: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary working folder beside ``near`` (named as a temp output, so a killed
+    run's is removed by the next write of ``near``); it is removed at exit, whatever happens."""
+    tmp = temp_path(near, directory=True)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,10 @@
+"""Everything that reads or writes files of this project's outputs (nothing else does by hand).
+
+* :mod:`speechmerge.io.atomic` -- the one atomic-output helper: temp siblings renamed into
+  place, manifests, the ``--out`` guard, SIGTERM clean-up. Standard library only.
+* :mod:`speechmerge.io.weights` -- safetensors weight files read and written one tensor at a
+  time; ``model.safetensors`` of a model dir.
+* :mod:`speechmerge.io.memory` -- the streaming merge's memory tuning, an explicit opt-in.
+
+The package itself imports nothing, so ``speechmerge.io.atomic`` does not pull in torch.
+"""
