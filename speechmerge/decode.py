@@ -119,10 +119,8 @@ def score_model(
             tsv,
             lang,
             task,
-            beam_size=decode_cfg["beam_size"],
-            batch_size=decode_cfg["batch_size"],
-            max_new_tokens=decode_cfg["max_new_tokens"],
             device=device,
+            **{k: decode_cfg[k] for k in ("beam_size", "batch_size", "max_new_tokens")},
         )
         refs = [getattr(r, FIELD[task]) for r in rows]
         result = {
