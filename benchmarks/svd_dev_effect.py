@@ -52,10 +52,14 @@ def main() -> None:
                 a.run / record["base"], tvs, a.method, lam=record["lambda"], params=params,
                 out_dir=out, progress=False,
             )  # fmt: skip
+            # one folder per variant: the score files' names are the test-set keys the
+            # paired bootstrap matches up
+            scores = tmp / f"{setting}-{variant}"
+            scores.mkdir(parents=True)
             jobs = [
-                (lang, task, res / f"subsets/{lang}/dev.tsv", tmp / f"{setting}-{variant}-{lang}-{task}.json")
+                (lang, task, res / f"subsets/{lang}/dev.tsv", scores / f"{lang}-{task}.json")
                 for lang, task in pairs
-            ]  # fmt: skip
+            ]
             score_model(out, jobs, cfg["decode"], device="cpu", system=f"{setting}/{variant}")
             files[variant] = [j[3] for j in jobs]
         ci = {v: files_ci(f) for v, f in files.items()}

@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser(
         "results-md",
-        help="the README's Results section from a workflow run (tables, verdicts, figures)",
+        help="the Results section (docs/results.md) from a workflow run (tables, verdicts, figures)",
     )
     r.add_argument(
         "run_dir", metavar="RUN_DIR", help="the run's working directory (holds results/)"
