@@ -402,7 +402,8 @@ import speechmerge.cli as cli
 import speechmerge.cli.commands as commands
 def stall(*args, **kwargs):
     print("ready", flush=True)
-    time.sleep(300)
+    for _ in range(3000):  # short sleeps: the handler runs even if another thread got the signal
+        time.sleep(0.1)
 commands.merge_models = stall
 sys.exit(cli.main(sys.argv[1:]))
 """
