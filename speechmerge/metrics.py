@@ -255,18 +255,19 @@ def bootstrap(
     return {"score": point, "ci_low": low, "ci_high": high}
 
 
-def compare(
-    metric: str,
-    stats_a: TestSets,
-    stats_b: TestSets,
-    resamples: int = RESAMPLES,
-    seed: int = SEED,
-    level: float = LEVEL,
-) -> dict:
+def _resampling(
+    resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL
+) -> tuple[int, int, float]:
+    return resamples, seed, level
+
+
+def compare(metric: str, stats_a: TestSets, stats_b: TestSets, **resampling) -> dict:
     """Paired bootstrap of delta = score(A) − score(B) on the same utterances:
     {'delta', 'ci_low', 'ci_high', 'p_value', 'verdict'}. The verdict is A's, from the CI:
     'better' or 'worse' (lower WER, higher BLEU is better) when the CI excludes 0, else
-    'no significant difference'."""
+    'no significant difference'. `resampling`: ``resamples``, ``seed`` and ``level`` as in
+    :func:`bootstrap` (same defaults; any other keyword is a TypeError)."""
+    resamples, seed, level = _resampling(**resampling)
     (pa, pb), (ra, rb) = _averaged(metric, [stats_a, stats_b], resamples, seed)
     delta, deltas = pa - pb, ra - rb
     low, high = _interval(delta, deltas, level)

@@ -248,3 +248,10 @@ def test_normalize_is_whispers_basic_normalizer(text):
 
     assert normalize(text) == BasicTextNormalizer()(text).strip()
     assert normalize(text) == " ".join(normalize(text).split())
+
+
+def test_compare_takes_bootstraps_resampling_settings_only():
+    s = utterance_stats("wer", ["a b c", "d e"], ["a b", "d e"])
+    assert compare("wer", s, s, resamples=50, seed=1, level=0.9)["delta"] == 0
+    with pytest.raises(TypeError):
+        compare("wer", s, s, sed=1)
