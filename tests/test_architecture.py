@@ -44,7 +44,9 @@ def imports(module: str, path: Path) -> list[tuple[str, ast.stmt, bool]]:
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = resolve(module, path, node)
-            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
+            names = [
+                f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names
+            ]
         else:
             continue
         for name in names:
@@ -125,4 +127,6 @@ def test_long_modules_are_explained(module):
         return
     doc = (ROOT / "docs/architecture.md").read_text()
     rel = str(MODULES[module].relative_to(ROOT))
-    assert rel in doc and "lines" in doc, f"{rel} has {lines} lines; say why in docs/architecture.md"
+    assert rel in doc and "lines" in doc, (
+        f"{rel} has {lines} lines; say why in docs/architecture.md"
+    )

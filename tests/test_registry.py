@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import speechmerge.report.tables as report
-from speechmerge.plan import params as smparams
 from speechmerge.cli.params import KNOWN_PARAMS
 from speechmerge.merge import METHOD_NAMES, METHODS, RATIO_FREE, merge_state_dicts
 from speechmerge.merge.registry import BUILTIN
+from speechmerge.plan import params as smparams
 
 MAT = "model.encoder.layers.0.fc1.weight"  # a layer matrix
 VEC = "model.encoder.layers.0.fc1.bias"
