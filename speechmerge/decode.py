@@ -36,7 +36,6 @@ class AudioDataset:
 
 
 def _batch_features(processor, audios: list[np.ndarray]):
-
     return torch.from_numpy(extract_features(processor, audios))
 
 

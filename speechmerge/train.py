@@ -121,12 +121,10 @@ class FeatureDataset:
 
 
 def _stack_features(items):
-
     return [i for i, _ in items], torch.from_numpy(np.stack([f for _, f in items]))
 
 
 def data_worker_init(_worker_id: int) -> None:
-
     torch.set_num_threads(1)  # feature extraction is numpy; leave the cores to training
 
 
@@ -147,7 +145,6 @@ def feature_loader(dataset, batch_sampler, workers: int = 0, seed: int = 0):
 
 
 def _targets(batch: list[Example], pad_id: int):
-
     n = max(len(e.labels) for e in batch)
     dec = torch.full((len(batch), n), pad_id, dtype=torch.long)
     lab = torch.full((len(batch), n), -100, dtype=torch.long)
@@ -277,7 +274,6 @@ class Checkpoint:
         return bool(self.every_minutes) and time.monotonic() - self.last >= 60 * self.every_minutes
 
     def save(self, state: dict) -> None:
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(self.path) as tmp:
             torch.save(state, tmp)
@@ -308,7 +304,6 @@ class Checkpoint:
         return state
 
     def remove(self) -> None:
-
         self.path.unlink(missing_ok=True)
         remove_stale_temps(self.path)
         with contextlib.suppress(OSError):
@@ -316,7 +311,6 @@ class Checkpoint:
 
 
 def _sha256_tensors(tensors) -> str:
-
     h = hashlib.sha256()
     for name, t in tensors:
         t = t.detach().to("cpu").contiguous().reshape(-1)
@@ -352,7 +346,6 @@ def run_fingerprint(model, examples: list[Example], hparams: dict) -> dict:
 
 
 def _rng_states(device: str) -> dict:
-
     name, keys, pos, has_gauss, cached = np.random.get_state()
     states = {
         "python": random.getstate(),
@@ -365,7 +358,6 @@ def _rng_states(device: str) -> dict:
 
 
 def _set_rng_states(states: dict) -> None:
-
     random.setstate(_as_tuple(states["python"]))
     name, keys, pos, has_gauss, cached = states["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
