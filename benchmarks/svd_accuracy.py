@@ -39,17 +39,16 @@ except ImportError:  # pragma: no cover - before the issue-17 split
 def measure(t: torch.Tensor, ratio: float, keep: float) -> dict[str, float]:
     t = t.float()
     norm = t.norm().item()
-    svp_r = prune.svp(t, ratio)
-    svp_e = prune.svp(t, ratio, exact=True)
-    low_r, sp_r = prune.lors(t, ratio, keep)
-    low_e, sp_e = prune.lors(t, ratio, keep, exact=True)
+    # LoRS's low-rank part is SVP(τ) (eq. 6): one SVD per path serves both measures
+    svp_r, sp_r = prune.lors(t, ratio, keep)
+    svp_e, sp_e = prune.lors(t, ratio, keep, exact=True)
     mask_r, mask_e = sp_r != 0, sp_e != 0
     kept = max(int(mask_e.sum()), 1)
     s = torch.linalg.svdvals(t)
     r = prune.rank_from_ratio(t.shape, ratio)
     return {
         "svp": (svp_r - svp_e).norm().item() / norm,
-        "lors": ((low_r + sp_r) - (low_e + sp_e)).norm().item() / norm,
+        "lors": ((svp_r + sp_r) - (svp_e + sp_e)).norm().item() / norm,
         "flip": int((mask_r ^ mask_e).sum()) / (2 * kept),
         "ey": (t - svp_r).norm().item() / max((t - svp_e).norm().item(), 1e-30) - 1,
         "gap": (s[r] / s[r - 1]).item() if r < len(s) else 0.0,
