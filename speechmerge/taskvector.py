@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .io.weights import SafetensorsReader, all_finite, atomic_save_streaming, model_weights_path
+from .io.weights import all_finite, atomic_save_streaming, open_model_weights
 
 __all__ = ["check_task_vector_metadata", "compute_task_vector", "task_vector_dtype"]
 
@@ -60,13 +60,13 @@ def compute_task_vector(
     """Compute τ = θ_ft − θ_0 tensor by tensor and write it to ``out_path`` (safetensors).
 
     Streams: reads one tensor of each model at a time and writes it straight to the output
-    (memory is O(largest tensor)). Checks that both models have the same tensor names, shapes
-    and dtypes and finite values; errors name the offending tensor and file(s), and leave no
-    output. Returns ``out_path``.
+    (memory is O(largest tensor)); either model may be a sharded checkpoint
+    (:class:`speechmerge.io.weights.ShardedSafetensorsReader`). Checks that both models have
+    the same tensor names, shapes and dtypes and finite values; errors name the offending
+    tensor and file(s), and leave no output. Returns ``out_path``.
     """
-    base_file = model_weights_path(base_dir)
-    ft_file = model_weights_path(finetuned_dir)
-    with SafetensorsReader(base_file) as fb, SafetensorsReader(ft_file) as ff:
+    with open_model_weights(base_dir) as fb, open_model_weights(finetuned_dir) as ff:
+        base_file, ft_file = fb.path, ff.path
         bkeys, fkeys = set(fb.keys()), set(ff.keys())
         if bkeys - fkeys:
             k = min(bkeys - fkeys)

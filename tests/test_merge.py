@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from speechmerge.architecture import is_prunable
-from speechmerge.io.weights import model_weights_path
+from speechmerge.io.weights import model_weights_path, open_model_weights
 from speechmerge.merge import METHODS, merge_models, merge_state_dicts, register
 from speechmerge.prune import lors
 from speechmerge.taskvector import compute_task_vector
@@ -253,11 +253,15 @@ def test_compute_task_vector_errors(tmp_path: Path, three) -> None:
 
 
 def test_model_weights_path(tmp_path: Path) -> None:
+    """A dir's weights: model.safetensors, else a sharded checkpoint's index (read by
+    tests/test_sharded.py); a malformed index is refused when opened, naming it."""
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         model_weights_path(tmp_path)
-    (tmp_path / "model.safetensors.index.json").write_text("{}")
-    with pytest.raises(NotImplementedError, match=str(tmp_path)):
-        model_weights_path(tmp_path)
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text("{}")
+    assert model_weights_path(tmp_path) == index
+    with pytest.raises(ValueError, match=f"malformed.*{index}"):
+        open_model_weights(tmp_path)
 
 
 @pytest.mark.parametrize(

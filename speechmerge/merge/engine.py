@@ -25,7 +25,14 @@ from ..card import CARD_NAME, input_sha256, model_card
 from ..compress import open_task_vectors
 from ..io import memory
 from ..io.atomic import atomic_dir, atomic_write_text, check_output_path
-from ..io.weights import SafetensorsReader, all_finite, atomic_save_streaming, model_weights_path
+from ..io.shards import parse_shard_size
+from ..io.weights import (
+    all_finite,
+    model_weight_files,
+    model_weights_path,
+    open_model_weights,
+    save_model_weights,
+)
 from ..linalg import work_dtype
 from ..prune import check_ratio, check_rounding
 from .registry import MergeMethod, get_method
@@ -271,6 +278,7 @@ def merge_models(
     progress: bool = True,
     force: bool = False,
     labels: Sequence[str] | None = None,
+    max_shard_size: int | str | None = None,
 ) -> Path:
     """Merge task vectors into the base model and write a Hugging Face model dir at ``out_dir``.
 
@@ -284,6 +292,12 @@ def merge_models(
     :data:`MODEL_FILES` (config, generation config, tokenizer, processor) and writes
     ``merge.json`` (method, λ, per-τ params, inputs: ``labels`` if given, e.g. the fine-tuned
     dirs whose task vectors were computed into a temp dir, else the task-vector paths).
+
+    The base (and labelled fine-tuned dirs, for the card's hashes) may be sharded checkpoints
+    (``model.safetensors.index.json``, read shard by shard). ``max_shard_size`` (bytes or a
+    string such as ``"2GB"``; default None: one ``model.safetensors``) writes the merged
+    weights as Hugging Face's shards and index instead
+    (:func:`speechmerge.io.weights.save_model_weights`): the same tensors, in the same order.
 
     The output is built in a temp dir next to ``out_dir`` and moved into place at the end; on
     any error nothing is written at ``out_dir``. An existing ``out_dir`` is replaced only if it
@@ -305,6 +319,7 @@ def merge_models(
     names = [str(p) for p in tv_paths] if labels is None else [str(x) for x in labels]
     if len(names) != len(tv_paths):
         raise ValueError(f"{len(names)} labels for {len(tv_paths)} task vectors")
+    max_shard_size = parse_shard_size(max_shard_size)
     base_file = model_weights_path(base_dir)
     out_res = out_dir.resolve()
     for p in [base_dir, *tv_paths]:
@@ -314,23 +329,38 @@ def merge_models(
     check_output_path(out_dir, is_merge_output, force=force, what="out_dir")
 
     # the model card's input hashes: each fine-tuned model's weights when the inputs are
-    # labelled by their dirs (the CLI), else the task-vector files; read in a thread while the
-    # merge runs (hashlib releases the GIL), or taken from the inputs' manifests
-    hashed = [base_file] + [
-        model_weights_path(lab) if Path(lab).is_dir() else p
+    # labelled by their dirs (the CLI), else the task-vector files; every file of a sharded
+    # checkpoint (its index, then each shard); read in a thread while the merge runs (hashlib
+    # releases the GIL), or taken from the inputs' manifests
+    hashed = [model_weight_files(base_file)] + [
+        model_weight_files(lab) if Path(lab).is_dir() else [p]
         for lab, p in zip(names, tv_paths, strict=True)
     ]
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-hash")
-    hashes = [hasher.submit(input_sha256, f) for f in hashed]
+    hashes = [{f.name: hasher.submit(input_sha256, f) for f in files} for files in hashed]
     hasher.shutdown(wait=False)
     try:
         with atomic_dir(out_dir) as tmp:
-            _merge_into(tmp, m, lam, plist, base_dir, base_file, tv_paths, names, hashes, progress)
+            _merge_into(
+                tmp, m, lam, plist, base_dir, tv_paths, names, hashes, progress, max_shard_size
+            )
     except BaseException:
-        for h in hashes:
-            h.cancel()
+        for files in hashes:
+            for h in files.values():
+                h.cancel()
         raise
     return out_dir
+
+
+def _card_hashes(files: dict[str, Future[str]], key: str) -> dict[str, Any]:
+    """One input's hashes for the card: ``{key: SHA-256 of its (first) weights file}`` plus,
+    for a sharded checkpoint, ``{"shards_sha256": {shard: SHA-256}}``."""
+    (first, h), *shards = files.items()
+    out: dict[str, Any] = {key: h.result()}
+    if shards:
+        out["weights_file"] = first
+        out["shards_sha256"] = {name: f.result() for name, f in shards}
+    return out
 
 
 def _merge_into(
@@ -339,15 +369,16 @@ def _merge_into(
     lam: float,
     plist: list[dict[str, Any]],
     base_dir: Path,
-    base_file: Path,
     tv_paths: list[Path],
     names: list[str],
-    hashes: list[Future[str]],
+    hashes: list[dict[str, Future[str]]],
     progress: bool,
+    max_shard_size: int | None,
 ) -> None:
     """The body of :func:`merge_models`: write the merged model dir's files into ``tmp``."""
     tv_meta: list[dict[str, str]] = []
-    with SafetensorsReader(base_file) as fb, open_task_vectors(tv_paths) as tvs:
+    with open_model_weights(base_dir) as fb, open_task_vectors(tv_paths) as tvs:
+        base_file = fb.path
         base_keys = list(fb.keys())
         base_set = set(base_keys)
         tv_keys = []
@@ -384,11 +415,12 @@ def _merge_into(
                 return merge_tensor(name, b, load, m, lam, plist, str(base_file), srcs)
 
         specs = [(k, fb.dtype(k), fb.shape(k)) for k in base_keys]
-        atomic_save_streaming(
-            tmp / "model.safetensors",
+        save_model_weights(
+            tmp,
             specs,
             produce,
             metadata={"format": "pt"},
+            max_shard_size=max_shard_size,
             progress=progress,
             desc=f"merge[{m.name}]",
         )
@@ -405,8 +437,10 @@ def _merge_into(
         "speechmerge_version": __version__,
     }
     atomic_write_text(tmp / MERGE_RECORD, json.dumps(record, indent=2, default=str) + "\n")
-    card = dict(record, base_sha256=hashes[0].result())
+    base = {f"base_{k}": v for k, v in _card_hashes(hashes[0], "sha256").items()}
+    card = dict(record, **base)
     card["taskvectors"] = [
-        dict(tv, sha256=h.result()) for tv, h in zip(record["taskvectors"], hashes[1:])
+        dict(tv, **_card_hashes(h, "sha256"))
+        for tv, h in zip(record["taskvectors"], hashes[1:], strict=True)
     ]
     atomic_write_text(tmp / CARD_NAME, model_card(card, m.description))
