@@ -13,7 +13,7 @@ import jsonschema
 import yaml
 
 from .io.atomic import atomic_write_text
-from .plan.params import train_hours
+from .plan.params import merge_max_shard_size, train_hours
 from .plan.settings import data_scales, study_methods, study_section
 
 #: The JSON schema of the config (package data: found after a wheel install too).
@@ -48,6 +48,7 @@ def check_config(config: dict) -> None:
     check_finite(config)
     check_bounds(config)
     check_languages(config)
+    merge_max_shard_size(config)  # a size of 0 bytes passes the schema's pattern
 
 
 def check_finite(value: object, key: str = "") -> None:

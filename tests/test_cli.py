@@ -43,7 +43,7 @@ def test_help_lists_every_method_and_option(capsys) -> None:
         assert f"\n  {name} " in r.stdout
     for opt in ("--base", "--finetuned", "--taskvectors", "--method", "--lambda", "--rank-ratio",
                 "--keep-ratio", "--drop-rate", "--seed", "--common-fraction", "--rank-fraction",
-                "--param", "--model-params", "--out"):  # fmt: skip
+                "--param", "--model-params", "--out", "--max-shard-size"):  # fmt: skip
         assert opt in r.stdout
     top = inproc(capsys, "--help")
     assert top.returncode == 0 and "compress" in top.stdout

@@ -3,6 +3,7 @@
 from speechmerge.io.memory import enable_streaming_memory_tuning
 from speechmerge.logutil import job_log
 from speechmerge.merge import merge_models
+from speechmerge.plan.params import merge_max_shard_size
 from speechmerge.select import selected_lambda, selected_params
 
 sm = snakemake  # noqa: F821
@@ -26,4 +27,6 @@ with job_log(sm.log[0]) as log:
         lam=lam,
         params=params,
         out_dir=sm.output[0],
+        # how the output is stored, not what it is: from the config, not a param (no reruns)
+        max_shard_size=merge_max_shard_size(sm.config),
     )

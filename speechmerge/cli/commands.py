@@ -56,7 +56,15 @@ def cmd_merge(args: argparse.Namespace) -> int:
     enable_streaming_memory_tuning()
     if args.taskvectors:
         merge_models(
-            base, args.taskvectors, method, lam, plist, out, progress=progress, force=args.force
+            base,
+            args.taskvectors,
+            method,
+            lam,
+            plist,
+            out,
+            progress=progress,
+            force=args.force,
+            max_shard_size=args.max_shard_size,
         )
         return 0
     work = Path(args.work_dir) / out.name if args.work_dir else out
@@ -78,6 +86,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
             progress=progress,
             force=args.force,
             labels=args.finetuned,
+            max_shard_size=args.max_shard_size,
         )
     return 0
 

@@ -7,6 +7,7 @@ import textwrap
 
 from .. import __version__
 from ..convert import CT2_QUANTIZATIONS
+from ..io.shards import SIZE_HELP, parse_shard_size
 from ..merge import METHODS
 from ..prune import ROUNDINGS
 from .params import PARAM_OPTIONS
@@ -36,6 +37,16 @@ VERIFY_DESCRIPTION = (
     "Find damaged outputs (a deleted, truncated or changed file) that Snakemake would take as "
     "complete: every folder with a speechmerge-manifest.json is checked."
 )
+
+
+def shard_size(text: str) -> int:
+    """``--max-shard-size``'s value in bytes; a bad one is argparse's usage error."""
+    try:
+        size = parse_shard_size(text, what="")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    assert size is not None
+    return size
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,6 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="output model dir: must be new or a previous merge output (it has merge.json), "
         "which is replaced",
+    )
+    m.add_argument(
+        "--max-shard-size",
+        type=shard_size,
+        default=None,
+        metavar="SIZE",
+        help="write the merged weights as Hugging Face's shards (model-00001-of-0000N.safetensors "
+        "+ model.safetensors.index.json), each at most SIZE unless one tensor is larger; SIZE is "
+        + SIZE_HELP
+        + " (default: one model.safetensors). Sharded --base/--finetuned dirs are read either way",
     )
     m.add_argument("--force", action="store_true", help=FORCE_HELP)
     m.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -59,22 +59,24 @@ def parse_shard_size(value: int | str | None, what: str = "max_shard_size") -> i
     """The largest shard in bytes: None (do not shard) stays None; an integer is bytes; a
     string is bytes or a number with a unit (:data:`SIZE_HELP`; units are case-insensitive,
     ``"2GB"`` = 2·10⁹, ``"512MiB"`` = 512·2²⁰). A size below one byte, a negative number, a
-    bool or any other string is a ValueError naming ``what``."""
+    bool or any other string is a ValueError naming ``what`` (which may be empty: argparse
+    names the option itself)."""
     if value is None:
         return None
+    prefix = f"{what}: " if what else ""
     if isinstance(value, bool) or not isinstance(value, int | str):
         # a ValueError like every other bad size: callers report one kind of error
-        raise ValueError(f"{what}: expected {SIZE_HELP}; got {value!r}")  # noqa: TRY004
+        raise ValueError(f"{prefix}expected {SIZE_HELP}; got {value!r}")  # noqa: TRY004
     if isinstance(value, int):
         size = value
     else:
         m = _SIZE.fullmatch(value)
         unit = m.group(2).upper() if m else None
         if m is None or unit not in _UNITS:
-            raise ValueError(f"{what}: {value!r} is not a size; expected {SIZE_HELP}")
+            raise ValueError(f"{prefix}{value!r} is not a size; expected {SIZE_HELP}")
         size = int(Fraction(m.group(1)) * _UNITS[unit])  # exact: no float rounding
     if size < 1:
-        raise ValueError(f"{what} must be at least 1 byte, got {value!r}")
+        raise ValueError(f"{prefix}a shard size must be at least 1 byte, got {value!r}")
     return size
 
 

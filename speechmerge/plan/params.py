@@ -6,6 +6,7 @@ when its own entries do (adding a language never changes another language's para
 
 from __future__ import annotations
 
+from ..io.shards import parse_shard_size
 from ..merge.registry import METHODS, RATIO_FREE
 from .settings import combined_settings, setting_kind
 
@@ -63,6 +64,20 @@ def training_runtime(config: dict) -> dict:
 def merge_lambda(config: dict, setting: str) -> float:
     lam = config["merge"]["lambda"]
     return lam.get(setting_kind(setting), lam["default"])
+
+
+def merge_max_shard_size(config: dict) -> int | None:
+    """``merge.max_shard_size`` in bytes (None: unsharded merged weights, the default).
+
+    Like :data:`TRAINING_RUNTIME`, it changes how a merge job stores its output, not what it
+    computes (the same tensors, in one file or in shards): the merge script reads it from the
+    config, never a rule's params, so setting or changing it reruns nothing (merges made
+    before keep their layout; ``--forcerun merge`` rewrites them). A bad value is a ValueError
+    naming the key (checked at start by :func:`speechmerge.config.check_config`).
+    """
+    return parse_shard_size(
+        config["merge"].get("max_shard_size"), "config key 'merge.max_shard_size'"
+    )
 
 
 def rounding_params(config: dict) -> dict:
