@@ -4,7 +4,9 @@ to CTranslate2 (``export-ct2``) with the same greedy tokens as the HF model."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -111,6 +113,31 @@ def test_export_ct2_gives_the_hf_greedy_tokens(merged: Path, tmp_path: Path, qua
         hf_tokens = [t for t in row if t != eot]
         n = min(len(hf_tokens), len(r.sequences_ids[0]))
         assert n > 0 and hf_tokens[:n] == r.sequences_ids[0][:n]
+
+
+def test_export_ct2_of_a_sharded_dir(merged: Path, tmp_path: Path) -> None:
+    """A sharded model dir exports to the same model.bin; export.json names every shard."""
+    pytest.importorskip("ctranslate2")
+    from speechmerge.io.atomic import MANIFEST
+    from speechmerge.io.shards import INDEX_NAME
+    from speechmerge.io.weights import SafetensorsReader, nbytes, save_model_weights
+
+    sharded = tmp_path / "sharded"  # the merge with its weights rewritten as 4 shards
+    shutil.copytree(merged, sharded, ignore=shutil.ignore_patterns("model.safetensors", MANIFEST))
+    with SafetensorsReader(merged / "model.safetensors") as r:
+        specs = [(k, r.dtype(k), r.shape(k)) for k in r]
+        limit = sum(nbytes(dt, sh) for _, dt, sh in specs) // 4 + 1
+        files = save_model_weights(sharded, specs, r.get_tensor, {"format": "pt"}, limit)
+    assert len(files) >= 4 and files[-1].name == INDEX_NAME
+    for src in (merged, sharded):
+        assert cli.main(["export-ct2", str(src), str(tmp_path / f"ct2-{src.name}")]) == 0
+    one, many = tmp_path / f"ct2-{merged.name}", tmp_path / "ct2-sharded"
+    assert (one / "model.bin").read_bytes() == (many / "model.bin").read_bytes()
+    record = json.loads((many / "export.json").read_text())
+    digest = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    assert record["source_weights_sha256"] == digest.pop(INDEX_NAME)
+    assert record["source_shards_sha256"] == digest
+    assert "source_shards_sha256" not in json.loads((one / "export.json").read_text())
 
 
 def test_export_ct2_refuses_existing_out_and_bad_dirs(merged: Path, tmp_path: Path) -> None:
