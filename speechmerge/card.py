@@ -5,10 +5,10 @@ Hugging Face model card: YAML front matter (``library_name: transformers``,
 ``pipeline_tag: automatic-speech-recognition``), the method with its reference line, λ, each
 input's hyper-parameters, and the SHA-256 of every input file (the base's weights and each
 task vector, or each fine-tuned model's weights when the merge computed the task vectors), so
-a card names exactly the bytes its model came from; for a sharded checkpoint, the SHA-256 of
-its index and, in a table of their own, of each of its shards. :func:`input_sha256` takes a hash from the
-input folder's manifest (``speechmerge-manifest.json``, written by every output of this
-project) when it lists the file at its current size, and reads the file otherwise.
+a card names exactly the bytes its model came from (for a sharded checkpoint, the SHA-256 of
+its index and, in a table of their own, of each of its shards). :func:`input_sha256` takes a
+hash from the input folder's manifest (``speechmerge-manifest.json``, written by every output
+of this project) when it lists the file at its current size, and reads the file otherwise.
 """
 
 from __future__ import annotations

@@ -9,8 +9,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import runpy
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,6 +27,7 @@ from safetensors.torch import load_file
 
 from speechmerge.cli import main
 from speechmerge.config import load_config, validate_config
+from speechmerge.io import memory
 from speechmerge.io.atomic import MANIFEST
 from speechmerge.io.shards import INDEX_NAME, parse_shard_size, plan_shards, shard_name
 from speechmerge.io.weights import (
@@ -426,3 +429,24 @@ def test_config_max_shard_size(smoke) -> None:
         smoke["merge"]["max_shard_size"] = bad
         with pytest.raises(ValueError, match="merge.max_shard_size"):
             validate_config(smoke)
+
+
+def test_the_workflow_merge_script_shards_from_the_config(whisper, tmp_path, monkeypatch) -> None:
+    """workflow_scripts/merge.py, run with a stand-in ``snakemake`` object (no workflow run):
+    ``merge.max_shard_size`` reaches the merge from the config."""
+    _, base, fts = whisper
+    monkeypatch.setattr(memory, "enable_streaming_memory_tuning", lambda: False)  # not here
+    tvs = [compute_task_vector(base, d, tmp_path / f"tv{i}.safetensors") for i, d in enumerate(fts)]
+    for size, sharded in ((None, False), (SHARD, True)):
+        out = tmp_path / f"merged-{sharded}"
+        sm = SimpleNamespace(
+            wildcards=SimpleNamespace(method="ta"),
+            params=SimpleNamespace(lam=0.5, params=[{}, {}]),
+            input=SimpleNamespace(base=str(base), taskvectors=list(map(str, tvs))),
+            output=[str(out)],
+            log=[str(tmp_path / "merge.log")],
+            config={"merge": {"max_shard_size": size}},
+        )
+        runpy.run_path(str(ROOT / "workflow_scripts" / "merge.py"), {"snakemake": sm})
+        assert (out / INDEX_NAME).exists() is sharded
+        assert (out / "model.safetensors").exists() is not sharded

@@ -208,9 +208,10 @@ class ShardedSafetensorsReader(TensorFile):
     :class:`SafetensorsReader` (no mmap, one tensor read at a time, so memory stays
     O(largest tensor)) and the interface is theirs: ``keys()`` in the index's order,
     ``get_tensor``, ``shape``, ``dtype``, ``prefetch``, ``metadata`` (that of the first shard
-    by file name), ``close``, context manager. Everything is checked at open, before any tensor is read,
-    with errors naming the file: a malformed index, a missing shard, a tensor the index maps
-    to a shard that lacks it, a tensor in a shard that the index does not map there.
+    by file name), ``close``, context manager. Everything is checked at open, before any
+    tensor is read, with errors naming the file: a malformed index, a missing shard, a tensor
+    the index maps to a shard that lacks it, a tensor in a shard that the index does not map
+    there.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
