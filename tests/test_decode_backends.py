@@ -255,3 +255,38 @@ def test_schema_lists_what_the_code_accepts() -> None:
     assert tuple(decode["backend"]["enum"]) == BACKENDS
     assert tuple(decode["ct2_compute_type"]["enum"]) == CT2_COMPUTE_TYPES
     assert "default" not in decode["backend"] and "default" not in decode["ct2_compute_type"]
+
+
+def test_benchmark_script_on_the_tiny_model(tiny, tmp_path, capsys) -> None:
+    """benchmarks/decode_backends.py's table (not its timings): every backend at beam 1 and
+    the config's beam, float32 greedy identical to hf, the --out files."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "decode_backends", ROOT / "benchmarks" / "decode_backends.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model_dir, tsv = tiny
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"decode": {**DECODE, "beam_size": 2}}))
+    out = tmp_path / "bench" / "table.md"
+    args = [f"{model_dir}={LANG}-asr", f"{model_dir.parent / 'model-begin'}={LANG}-st"]
+    args += ["--test", f"{LANG}={tsv}", "--config", str(config), "--threads", "1"]
+    rows = bench.main([*args, "--limit", "4", "--out", str(out)])
+    assert {(r["backend"], r["compute_type"], r["beam"]) for r in rows} == {
+        (b, c, beam) for b, c in [("hf", "float32"), ("ct2", "float32"), ("ct2", "int8")]
+        for beam in (1, 2)
+    }  # fmt: skip
+    assert all(r["utterances"] == 4 for r in rows)
+    summary = {(s["backend"], s["compute_type"], s["beam"]): s for s in bench.summary(rows)}
+    exact = summary[("ct2", "float32", 1)]
+    assert exact["same_as_hf"] == 1 and exact["wer_vs_hf"]["delta"] == 0
+    hf = summary[("hf", "float32", 1)]
+    assert exact["bleu_vs_hf"]["delta"] == 0 and hf["wer_vs_hf"] is hf["same_as_hf"] is None
+    text = capsys.readouterr().out
+    assert "| ct2 | int8 | 2 |" in text and "ct2_export" in text and out.read_text() == text
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert len(saved["rows"]) == 12 and len(saved["summary"]) == 6 and len(saved["costs"]) == 2
+    with pytest.raises(SystemExit, match="LANG-TASK"):
+        bench.main([str(model_dir), "--test", str(tsv)])
