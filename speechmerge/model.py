@@ -160,17 +160,26 @@ def build_synthetic_base(tokenizer, arch: dict, chunk_seconds: int, seed: int):
     return model, processor
 
 
-def load_pretrained(name_or_path: str, device: str | None = None):
-    """Load a Whisper model + processor by Hub name (e.g. ``openai/whisper-small``) or path."""
+def load_processor(name_or_path: str):
+    """A Whisper model's processor (feature extractor + tokenizer) by Hub name or path; a
+    path is checked first (a model dir, not damaged)."""
     # deferred: transformers takes seconds to import; only model work needs it
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+    from transformers import WhisperProcessor
 
     path = Path(name_or_path)
     if path.exists() and not (path / "config.json").exists():
         raise FileNotFoundError(f"{path}: not a Hugging Face model dir (no config.json)")
     if path.is_dir():
         check_folder(path)
-    processor = WhisperProcessor.from_pretrained(name_or_path)
+    return WhisperProcessor.from_pretrained(name_or_path)
+
+
+def load_pretrained(name_or_path: str, device: str | None = None):
+    """Load a Whisper model + processor by Hub name (e.g. ``openai/whisper-small``) or path."""
+    # deferred: transformers takes seconds to import; only model work needs it
+    from transformers import WhisperForConditionalGeneration
+
+    processor = load_processor(name_or_path)
     try:  # PyTorch's fused scaled-dot-product attention (flash / memory-efficient on GPUs)
         model = WhisperForConditionalGeneration.from_pretrained(
             name_or_path, attn_implementation="sdpa"
