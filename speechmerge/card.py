@@ -231,11 +231,11 @@ def scores_section(scores: ScorePaths) -> str:
         SCORES_BEGIN,
         "## Scores",
         "",
-        "Held-out test sets, decoded with `generate(language=…, task=…)`. **WER** in % (lower",
-        "is better) after Whisper's `BasicTextNormalizer`; **BLEU** is sacrebleu's corpus BLEU",
-        "on raw text (higher is better). 95 % CI: "
-        + ("; ".join(methods) if methods else "paired bootstrap")
-        + " over the test utterances; an average resamples each test set within itself.",
+        "Held-out test sets, decoded with `generate(language=…, task=…)`: **WER** in % after",
+        "Whisper's `BasicTextNormalizer` (lower is better), **BLEU** as sacrebleu's corpus BLEU",
+        "on raw text (higher is better). CI: "
+        + ("; ".join(methods) if methods else "95% paired bootstrap")
+        + ", over the test utterances (an average resamples each test set within itself).",
         "",
         "| " + " | ".join([*header, "decoding"]) + " |",
         "| --- | --- | --- | ---: | --- | --- | ---: | --- |",
