@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import REFS, write_scores
 
 from speechmerge import cli
 from speechmerge.card import (
@@ -21,45 +22,8 @@ from speechmerge.card import (
     with_scores,
     write_card,
 )
-from speechmerge.hypotheses import files_ci, write_hypotheses
+from speechmerge.hypotheses import files_ci
 from speechmerge.io.atomic import MANIFEST, atomic_dir, verify_folder
-from speechmerge.metrics import score
-
-REFS = {
-    ("ca", "asr"): ["u n dos", "tres quatre", "cinc sis set", "vuit"],
-    ("de", "asr"): ["eins zwei", "drei vier fünf", "sechs", "sieben acht"],
-    ("ca", "st"): ["one two", "three four", "five six seven", "eight"],
-    ("de", "st"): ["one two", "three four five", "six", "seven eight"],
-}
-HYPS = {
-    ("ca", "asr"): ["u dos", "tres quatre", "cinc sis", "vuit nou"],
-    ("de", "asr"): ["eins zwei", "drei vier", "sechs", "sieben acht"],
-    ("ca", "st"): ["one two", "three four", "five six", "eight"],
-    ("de", "st"): ["one two", "three five", "six", "seven eight"],
-}
-
-
-def write_scores(folder: Path, pairs=tuple(REFS), hypotheses: bool = True) -> Path:
-    """Score files as score_model writes them (same keys, real scores and CIs)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for lang, task in pairs:
-        refs, hyps = REFS[lang, task], HYPS[lang, task]
-        result = {
-            "system": "merged/mlmt/lors",
-            "model": "results/merged/mlmt/lors",
-            "lang": lang,
-            "task": task,
-            "test_set": f"results/subsets/{lang}/test.tsv",
-            "utterances": len(refs),
-            "beam_size": 2,
-            **score(task, refs, hyps, key=f"{lang}-{task}"),
-            "seconds": 0.1,
-        }
-        out = folder / f"{lang}-{task}.json"
-        if hypotheses:
-            write_hypotheses(out, [f"{lang}-{i}" for i in range(len(refs))], refs, hyps)
-        out.write_text(json.dumps(result, indent=2))
-    return folder
 
 
 @pytest.fixture(scope="module")
