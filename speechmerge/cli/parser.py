@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser(
         "card",
         help="write a model dir's card (README.md) with a Scores section from its score files",
-        description="Add the Scores section (each test set's WER or BLEU with its stored 95 %% "
+        description="Add the Scores section (each test set's WER or BLEU with its stored 95 % "
         "CI, test set, size and decoding; an average per task) to MODEL_DIR's card. The score "
         "files are speechmerge.decode.score_model's {lang}-{task}.json, each with its .hyp.tsv. "
         "A workflow run's results/release/ dirs have this card already.",
