@@ -30,6 +30,7 @@ include: "rules/merge.smk"
 include: "rules/score.smk"
 include: "rules/joint.smk"
 include: "rules/study.smk"
+include: "rules/release.smk"
 include: "rules/report.smk"
 
 

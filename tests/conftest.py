@@ -1,8 +1,9 @@
 """Shared test helpers: tiny Whisper model dirs, the CLI and the snakemake CLI as a user runs
-them, a repository copy to run presets in."""
+them, a repository copy to run presets in, score files in the format of the scoring code."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,9 @@ from pathlib import Path
 
 import pytest
 from hypothesis import settings
+
+from speechmerge.hypotheses import write_hypotheses
+from speechmerge.metrics import score
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -94,6 +98,47 @@ def whisper(tmp_path_factory):
         ft.save_pretrained(root / f"ft{i}", safe_serialization=True)
         fts.append(root / f"ft{i}")
     return root, root / "base", fts
+
+
+# ------------------------------------------------------------------ score files
+
+#: References and hypotheses of fabricated score files (tests/test_card.py, test_deploy.py).
+REFS = {
+    ("ca", "asr"): ["u n dos", "tres quatre", "cinc sis set", "vuit"],
+    ("de", "asr"): ["eins zwei", "drei vier fünf", "sechs", "sieben acht"],
+    ("ca", "st"): ["one two", "three four", "five six seven", "eight"],
+    ("de", "st"): ["one two", "three four five", "six", "seven eight"],
+}
+HYPS = {
+    ("ca", "asr"): ["u dos", "tres quatre", "cinc sis", "vuit nou"],
+    ("de", "asr"): ["eins zwei", "drei vier", "sechs", "sieben acht"],
+    ("ca", "st"): ["one two", "three four", "five six", "eight"],
+    ("de", "st"): ["one two", "three five", "six", "seven eight"],
+}
+
+
+def write_scores(folder: Path, pairs=tuple(REFS), hypotheses: bool = True) -> Path:
+    """Score files as ``speechmerge.decode.score_model`` writes them (its keys, real scores and
+    CIs of the texts above, the hypotheses beside them) for `pairs` of (lang, task)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for lang, task in pairs:
+        refs, hyps = REFS[lang, task], HYPS[lang, task]
+        result = {
+            "system": "merged/mlmt/lors",
+            "model": "results/merged/mlmt/lors",
+            "lang": lang,
+            "task": task,
+            "test_set": f"results/subsets/{lang}/test.tsv",
+            "utterances": len(refs),
+            "beam_size": 2,
+            **score(task, refs, hyps, key=f"{lang}-{task}"),
+            "seconds": 0.1,
+        }
+        out = folder / f"{lang}-{task}.json"
+        if hypotheses:
+            write_hypotheses(out, [f"{lang}-{i}" for i in range(len(refs))], refs, hyps)
+        out.write_text(json.dumps(result, indent=2))
+    return folder
 
 
 # ------------------------------------------------------------------ the workflow

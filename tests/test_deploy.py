@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ARCH_TINY
+from conftest import ARCH_TINY, write_scores
 
 from speechmerge import cli
+from speechmerge.card import release_model
 from speechmerge.model import build_synthetic_base, build_tokenizer, save_model_dir
 
 LANG = "de"
@@ -57,10 +58,19 @@ def test_merged_dir_has_a_model_card(merged: Path) -> None:
     assert "README.md" in manifest
 
 
-def test_merged_dir_loads_in_a_transformers_pipeline(merged: Path) -> None:
+@pytest.mark.parametrize("release", [False, True])
+def test_merged_dir_loads_in_a_transformers_pipeline(merged: Path, tmp_path: Path, release) -> None:
+    """The merged dir, and its release dir (hard links of its files, the card with scores)."""
     from transformers import pipeline
 
-    asr = pipeline("automatic-speech-recognition", model=str(merged), device="cpu")
+    model = merged
+    if release:
+        scores = write_scores(tmp_path / "scores", pairs=[(LANG, "asr")])
+        model, linked, copied = release_model(merged, scores, tmp_path / "release")
+        assert linked > 0 and copied == 0
+        assert "## Scores" in (model / "README.md").read_text()
+        assert (model / "model.safetensors").samefile(merged / "model.safetensors")
+    asr = pipeline("automatic-speech-recognition", model=str(model), device="cpu")
     out = asr(
         {"raw": audio(1)[0], "sampling_rate": 16_000},
         generate_kwargs={"language": LANG, "task": "transcribe", "max_new_tokens": 6},

@@ -38,6 +38,10 @@ def test_targets_of_the_study_preset(study_config):
         assert p.table(name, "csv") in targets and p.table(name, "md") in targets
     for name in ("fig3-num-languages", "fig4-data-scale", "fig5-retain-ratio"):
         assert p.figure(name, "png") in targets
+    releases = [p.release(s, m) for s in p.settings for m in p.methods]
+    releases += [p.release(s, m) for s in p.combined for m in p.combined_methods]
+    assert p.combined and [t for t in targets if t.startswith(f"{RESULTS}/release/")] == releases
+    assert p.release("ml-asr", "lors") == f"{RESULTS}/release/ml-asr/lors"
     assert len(targets) == len(set(targets))
 
 

@@ -17,6 +17,8 @@ import pytest
 import yaml
 from conftest import reversed_keys
 
+from speechmerge.io.atomic import verify_tree
+
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
@@ -257,6 +259,26 @@ def test_smoke_scores_and_hypotheses(smoke_run: Path):
     assert info["method"] == "lors"
 
 
+def test_smoke_release_dirs(smoke_run: Path):
+    """Every scored merge has a release dir: the merged model's files as hard links and its
+    card with the Scores section; the merged dirs are left as their jobs wrote them."""
+    assert len(list((smoke_run / "results/release").glob("*/*"))) == 5 * 5  # settings × methods
+    release = smoke_run / "results/release/mlmt/lors"
+    merged = smoke_run / "results/merged/mlmt/lors"
+    assert (release / "model.safetensors").samefile(merged / "model.safetensors")
+    card = (release / "README.md").read_text()
+    assert card.startswith((merged / "README.md").read_text().partition("## Use")[0])
+    assert "## Scores" in card and "## Scores" not in (merged / "README.md").read_text()
+    rows = [("ca", "asr", "ASR (transcribe)", "WER %"), ("de", "st", "ST (translate)", "BLEU")]
+    for lang, task, label, metric in rows:
+        score = json.loads(
+            (smoke_run / f"results/scores/merged/mlmt/lors/{lang}-{task}.json").read_text()
+        )
+        assert f"| {lang} | {label} | {metric} | {score['score']:.2f} |" in card
+    checked, problems = verify_tree(smoke_run / "results")
+    assert checked > 25 and problems == []
+
+
 def test_smoke_rerun_is_noop(smoke_run: Path):
     res = snakemake(smoke_run, "-n", "--configfile", str(REPO / "configs/smoke.yaml"))
     assert res.returncode == 0, res.stderr
@@ -313,6 +335,7 @@ def test_adding_a_language_reruns_only_what_depends_on_it(smoke_run: Path):
     # merges: every setting containing es, and none that does not (mt-ca, mt-de)
     settings = {wc["setting"] for wc in by_rule["merge"]}
     assert settings == {"ml-asr", "ml-st", "mt-es", "mlmt"}
+    assert {wc["setting"] for wc in by_rule["release"]} == settings
     assert "tables" in by_rule
     assert "joint" not in by_rule  # joint training is the study preset's
 

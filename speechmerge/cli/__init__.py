@@ -1,8 +1,8 @@
 """Command-line interface: ``speechmerge`` / ``python -m speechmerge COMMAND``.
 
 Commands: ``merge``, ``compress``, ``decompress``, ``methods``, ``convert-ct2``, ``export-ct2``,
-``verify``, ``results-md``. ``merge`` takes Hugging Face Whisper model directories (the base
-and the fine-tuned models), computes the task vectors τ_i = θ_i − θ_0 into a temporary
+``verify``, ``results-md``, ``card``. ``merge`` takes Hugging Face Whisper model directories
+(the base and the fine-tuned models), computes the task vectors τ_i = θ_i − θ_0 into a temporary
 directory (streaming, one tensor at a time), merges them with any registered method and writes
 a Hugging Face model directory (weights + the base's config, generation config, tokenizer and
 processor files) that ``WhisperForConditionalGeneration.from_pretrained`` loads directly.

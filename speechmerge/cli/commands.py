@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from ..card import has_scores, write_card
 from ..compress import compress_lors, decompress, is_task_vector_file
 from ..convert import convert_ct2, export_ct2
 from ..io.atomic import check_output_path, scratch_dir, verify_tree
@@ -184,6 +185,17 @@ def cmd_results_md(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_card(args: argparse.Namespace) -> int:
+    model = _check_dir(args.model_dir, "MODEL_DIR")
+    out = None
+    if args.out:
+        out = check_output_path(args.out, has_scores, force=args.force)
+        if out.is_dir() and not out.is_symlink():
+            raise IsADirectoryError(f"--out {out} is a folder; this command writes a file")
+    print(f"wrote {write_card(model, args.scores, out)}")
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     print(methods_help())
     return 0
@@ -198,6 +210,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "export-ct2": cmd_export_ct2,
     "verify": cmd_verify,
     "results-md": cmd_results_md,
+    "card": cmd_card,
 }
 
 

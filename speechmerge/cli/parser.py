@@ -242,6 +242,30 @@ def build_parser() -> argparse.ArgumentParser:
     y = sub.add_parser("verify", help=VERIFY_HELP, description=VERIFY_DESCRIPTION)
     y.add_argument("root", metavar="DIR", help="e.g. results/")
 
+    k = sub.add_parser(
+        "card",
+        help="write a model dir's card (README.md) with a Scores section from its score files",
+        description="Add the Scores section (each test set's WER or BLEU with its stored 95 % "
+        "CI, test set, size and decoding; an average per task) to MODEL_DIR's card. The score "
+        "files are speechmerge.decode.score_model's {lang}-{task}.json, each with its .hyp.tsv. "
+        "A workflow run's results/release/ dirs have this card already.",
+    )
+    k.add_argument("model_dir", metavar="MODEL_DIR", help="model dir (e.g. a merge output)")
+    k.add_argument(
+        "--scores",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="score folders or {lang}-{task}.json files",
+    )
+    k.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write the card to FILE: new, or a card with scores, which is replaced (default: "
+        "MODEL_DIR/README.md, and its entry in the dir's manifest)",
+    )
+    k.add_argument("--force", action="store_true", help=FORCE_HELP)
+
     r = sub.add_parser(
         "results-md",
         help="the Results section (docs/results.md) from a workflow run (tables, verdicts, figures)",

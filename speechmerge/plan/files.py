@@ -102,6 +102,10 @@ class Plan:
     def merged(self, setting: str, method: str) -> str:
         return f"{RESULTS}/merged/{setting}/{method}"
 
+    def release(self, setting: str, method: str) -> str:
+        """A merged model with its card's Scores section (rules/release.smk)."""
+        return f"{RESULTS}/release/{setting}/{method}"
+
     def finetuned_scores(self, scale: str = "1") -> str:
         return self.scores(f"finetuned{_at(scale)}")
 
@@ -229,6 +233,11 @@ class Plan:
         ]
 
     # what rule all asks for
+    def release_dirs(self) -> list[str]:
+        """Every scored merge's release dir: the main settings and Table 4's combined ones."""
+        dirs = [self.release(s, m) for s in self.settings for m in self.methods]
+        return dirs + [self.release(s, m) for s in self.combined for m in self.combined_methods]
+
     def table_names(self) -> list[str]:
         """The paper's tables that the configured settings can fill."""
         names = []
@@ -262,4 +271,4 @@ class Plan:
             tables += [self.table("significance", "csv"), self.table("significance", "md")]
         figs = _product(self.figure("{name}", "{ext}"), self.figure_names(), ("png", "csv"))
         hparams = _product(self.table("{name}", "{ext}"), self.hparam_table_names(), ("csv", "md"))
-        return tables + figs + hparams
+        return tables + figs + hparams + self.release_dirs()
