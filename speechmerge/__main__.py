@@ -1,5 +1,5 @@
-"""``python -m speechmerge``: see :mod:`speechmerge.cli`."""
+"""``python -m speechmerge``: see :mod:`speechmerge.cli` (entry via :mod:`speechmerge.console`)."""
 
-from .cli import main
+from .console import main
 
 raise SystemExit(main())

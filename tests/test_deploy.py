@@ -168,5 +168,5 @@ def test_export_ct2_refuses_existing_out_and_bad_dirs(merged: Path, tmp_path: Pa
 
 def test_console_entry_point() -> None:
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
-    assert project["project"]["scripts"]["speechmerge"] == "speechmerge.cli:main"
+    assert project["project"]["scripts"]["speechmerge"] == "speechmerge.console:main"
     assert callable(cli.main)

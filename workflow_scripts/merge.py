@@ -1,5 +1,9 @@
 """Rule merge: θ0 + λ Σ P(τ_i) with the method's pruning P (streamed tensor by tensor)."""
 
+from speechmerge.threads import limit_threads, prefer_passive_wait
+
+prefer_passive_wait()  # before torch loads: OpenMP reads its wait policy once (threads.py)
+
 from speechmerge.io.memory import enable_streaming_memory_tuning
 from speechmerge.logutil import job_log
 from speechmerge.merge import merge_models
@@ -8,6 +12,7 @@ from speechmerge.select import selected_lambda, selected_params
 
 sm = snakemake  # noqa: F821
 enable_streaming_memory_tuning()  # opt-in allocator tuning of the streaming merge
+limit_threads()  # no more threads than the job's CPUs (affinity, cgroup quota)
 with job_log(sm.log[0]) as log:
     method = sm.wildcards.method
     lam, params = sm.params.lam, sm.params.params

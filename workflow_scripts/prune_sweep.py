@@ -1,6 +1,10 @@
 """Rule prune_sweep: one ASR fine-tune's task vector pruned by SVP and by MP at every retain
 ratio (Figure 5), each added to the base and scored on the test set."""
 
+from speechmerge.threads import limit_threads, prefer_passive_wait
+
+prefer_passive_wait()  # before torch loads: OpenMP reads its wait policy once (threads.py)
+
 from speechmerge.io.memory import enable_streaming_memory_tuning
 from speechmerge.logutil import job_log
 from speechmerge.model import select_device
@@ -9,6 +13,7 @@ from speechmerge.study import prune_sweep
 
 sm = snakemake  # noqa: F821
 enable_streaming_memory_tuning()  # opt-in allocator tuning of the streaming merge
+limit_threads()  # no more threads than the job's CPUs (affinity, cgroup quota)
 with job_log(sm.log[0], sm.threads) as log:
     w, p = sm.wildcards, sm.params
     device = select_device(p.device)

@@ -1,5 +1,9 @@
 """Rule select_lambda: λ per method for one merge setting, by its dev score."""
 
+from speechmerge.threads import limit_threads, prefer_passive_wait
+
+prefer_passive_wait()  # before torch loads: OpenMP reads its wait policy once (threads.py)
+
 from speechmerge.io.memory import enable_streaming_memory_tuning
 from speechmerge.logutil import job_log
 from speechmerge.model import select_device
@@ -7,6 +11,7 @@ from speechmerge.select import select_lambda, selected_params, write_json
 
 sm = snakemake  # noqa: F821
 enable_streaming_memory_tuning()  # opt-in allocator tuning of the streaming merge
+limit_threads()  # no more threads than the job's CPUs (affinity, cgroup quota)
 with job_log(sm.log[0], sm.threads) as log:
     device = select_device(sm.params.device)
     params = selected_params(sm.params.params, list(sm.input.selections))

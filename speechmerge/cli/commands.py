@@ -21,6 +21,7 @@ from ..io.atomic import check_output_path, scratch_dir, verify_tree
 from ..io.memory import enable_streaming_memory_tuning
 from ..merge import get_method, is_merge_output, merge_models
 from ..taskvector import compute_task_vector
+from ..threads import limit_threads
 from .params import check_param, merge_params
 from .parser import methods_help
 
@@ -55,6 +56,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
         f"merging {len(inputs)} models with {method.name} (λ = {lam:g}) into {out}", file=sys.stderr
     )
     enable_streaming_memory_tuning()
+    limit_threads()  # the CPUs this process may use (affinity, cgroup quota), not the machine's
     if args.taskvectors:
         merge_models(
             base,
@@ -123,6 +125,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     check_param("keep_ratio", args.keep_ratio, "--keep-ratio")
     _file_output(args)
     enable_streaming_memory_tuning()
+    limit_threads()  # the CPUs this process may use (affinity, cgroup quota), not the machine's
     with _dense_task_vector(args, progress) as tv:
         meta = compress_lors(
             tv,
