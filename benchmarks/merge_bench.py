@@ -30,6 +30,11 @@ one left in memory (ten task vectors plus ten fine-tuned models for mergekit are
 than the page cache keeps). Data go to
 ``<out-dir>/data[-quick]/`` and are reused by later runs.
 
+With ``--load N`` each method runs quiet and then beside N busy processes (one GEMM thread
+each, like fine-tune jobs) in the same run, and ``merge-load[-quick].json`` records both
+CPU-second counts; ``--omp-wait default`` runs the merges with libgomp's default wait policy
+(spin, then sleep) instead of speechmerge's passive one (:mod:`speechmerge.threads`).
+
     .venv/bin/python benchmarks/merge_bench.py --quick --out-dir /tmp/bench   # 2+2 layers, 3 τ
     .venv/bin/python benchmarks/merge_bench.py                                # full: results/bench
 """
@@ -72,6 +77,9 @@ PARAMS: dict[str, dict] = {
     "lors": {"rank_ratio": 0.05, "keep_ratio": 0.4},
 }
 MERGEKIT_VENV = Path("/tmp/mk")
+#: Set in a merge child's environment: leave OpenMP's wait policy at its default (spin, then
+#: sleep) instead of speechmerge's passive one -- the behaviour before speechmerge.threads.
+KEEP_OMP_DEFAULT = "MERGE_BENCH_KEEP_OMP_DEFAULT"
 
 
 def _seed(*parts: object) -> int:
@@ -181,15 +189,31 @@ def engine_inputs(data: Path, n: int) -> list[Path]:
 
 
 def child_merge(method: str, data: Path, n: int, out: Path) -> None:
+    from speechmerge.threads import limit_threads, prefer_passive_wait
+
+    if not os.environ.get(KEEP_OMP_DEFAULT):
+        prefer_passive_wait()  # before torch loads, as the CLI and the workflow's merge jobs
+
     from speechmerge.io.memory import enable_streaming_memory_tuning
     from speechmerge.merge import merge_models
 
     enable_streaming_memory_tuning()  # as the workflow's merge jobs and the CLI do
+    limit_threads()
     tvs = engine_inputs(data, n)[1:]
     name, params = method_spec(method)
     t0 = time.time()
     merge_models(data / "base", tvs, name, LAMBDA, params, out, progress=False)
     print(json.dumps({"merge_s": time.time() - t0}))
+
+
+def child_busy() -> None:
+    """A competing load: one thread of float32 GEMMs, as a fine-tune job's (runs until killed)."""
+    import torch
+
+    torch.set_num_threads(1)
+    a = torch.randn(384, 384)
+    while True:
+        a = torch.tanh(a @ a * 1e-3)
 
 
 def child_baseline() -> None:
@@ -421,6 +445,49 @@ def table(result: dict) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(checks)
 
 
+# ---------------------------------------------------------------- load mode
+
+
+def run_load(args, data: Path, n: int, result: dict, out_dir: Path, show) -> None:
+    """Each method quiet, then beside ``args.load`` busy processes, in the same run; the
+    CPU-seconds ratio loaded / quiet says whether the merge's threads waste cycles when the
+    cores are shared (they spun at OpenMP barriers before speechmerge.threads)."""
+    result["setup"]["load_processes"] = args.load
+    result["setup"]["omp_wait"] = args.omp_wait
+    result["load"] = {}
+    suffix = "-quick" if args.quick else ""
+    suffix += "-ompdefault" if args.omp_wait == "default" else ""
+    path = out_dir / f"merge-load{suffix}.json"
+    inputs = engine_inputs(data, n)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".merge-bench-") as tmp:
+        for m in args.methods:
+            entry = {}
+            for state in ("quiet", "loaded"):
+                busy = []
+                if state == "loaded":
+                    busy = [subprocess.Popen([sys.executable, __file__, "_busy"])
+                            for _ in range(args.load)]  # fmt: skip
+                    time.sleep(2.0)  # let them reach their loop
+                try:
+                    cmd = [sys.executable, __file__, "_merge", m, str(data), str(n), f"{tmp}/{m}"]
+                    entry[state] = run_measured(cmd, inputs, args.cache)
+                finally:
+                    for b in busy:
+                        b.kill()
+                        b.wait()
+                shutil.rmtree(f"{tmp}/{m}", ignore_errors=True)
+                show(f"{m} ({state})", entry[state])
+            q, ld = entry["quiet"], entry["loaded"]
+            if not any("error" in r or r.get("returncode") for r in (q, ld)):
+                entry["cpu_ratio"] = round(ld["cpu_s"] / q["cpu_s"], 3)
+                entry["wall_ratio"] = round(ld["wall_s"] / q["wall_s"], 3)
+                print(f"{m}: loaded / quiet CPU-seconds {entry['cpu_ratio']:.2f}x, "
+                      f"wall {entry['wall_ratio']:.2f}x", flush=True)  # fmt: skip
+            result["load"][m] = entry
+            path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}", flush=True)
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -429,6 +496,8 @@ def main() -> None:
         return measure(sys.argv[3:])
     if len(sys.argv) > 1 and sys.argv[1] == "_merge":
         return child_merge(sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]), Path(sys.argv[5]))
+    if len(sys.argv) > 1 and sys.argv[1] == "_busy":
+        return child_busy()
     if len(sys.argv) > 1 and sys.argv[1] == "_baseline":
         return child_baseline()
     if len(sys.argv) > 1 and sys.argv[1] == "_naive":
@@ -461,6 +530,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads in every merge process (OMP_NUM_THREADS; default: "
                     "torch's). 1 avoids OpenMP oversubscription on a machine that is busy")  # fmt: skip
+    ap.add_argument("--load", type=int, default=0, metavar="N",
+                    help="load mode: each method measured quiet, then beside N busy processes "
+                    "(one GEMM thread each, like fine-tune jobs), in the same run; writes "
+                    "merge-load[-quick].json. No mergekit, no naive baseline")  # fmt: skip
+    ap.add_argument("--omp-wait", choices=("speechmerge", "default"), default="speechmerge",
+                    help="OpenMP wait policy of the merge processes: speechmerge's (passive, "
+                    "as the CLI and the workflow) or libgomp's default (spin, then sleep; the "
+                    "behaviour before speechmerge.threads)")  # fmt: skip
     args = ap.parse_args()
     for spec in args.methods:
         if method_spec(spec)[0] not in METHODS:
@@ -503,6 +580,12 @@ def main() -> None:
         rss = res["peak_rss_bytes"]
         print(f"{name:<22}{res['wall_s']:>9.1f}{res.get('cpu_s', 0):>9.1f}{rss / 2**20:>14.0f}"
               f"{rss / model_bytes:>13.2f}", flush=True)  # fmt: skip
+
+    if args.omp_wait == "default":
+        os.environ[KEEP_OMP_DEFAULT] = "1"
+        os.environ.pop("OMP_WAIT_POLICY", None)
+    if args.load:
+        return run_load(args, data, n, result, out_dir, show)
 
     name = ("merge-quick" if args.quick else "merge") + ("-cold" if args.cache == "cold" else "")
     name += ".json"

@@ -29,15 +29,16 @@ def check_task_vector_metadata(path: str | os.PathLike[str], meta: dict[str, str
 
     Task-vector files written here say so in their metadata (dense ones carry ``base`` and
     ``finetuned``, compressed ones ``speechmerge_format``, decompressed ones
-    ``decompressed_from``); files without metadata are taken as hand-made task vectors. A file whose metadata marks neither but has a ``format`` key (what
-    ``save_pretrained`` writes) is a model's weights: merging it as τ would add the whole
-    model to the base.
+    ``decompressed_from``); files without metadata, or with metadata of their own, are taken
+    as hand-made task vectors (``benchmarks/merge_bench.py`` writes ``{"bench": i}``). A file
+    whose metadata marks neither but has a ``format`` key (what ``save_pretrained`` writes) is
+    a model's weights: merging it as τ would add the whole model to the base.
     """
     meta = meta or {}
     if "speechmerge_format" in meta or {"base", "finetuned"} <= set(meta):
         return
-    if "decompressed_from" in meta or not meta:
-        return
+    if "decompressed_from" in meta or "format" not in meta:
+        return  # hand-made task vectors: no metadata, or none of save_pretrained's
     raise ValueError(
         f"{path} is not a task-vector file (its metadata {meta} is that of a model's weights); "
         "pass the fine-tuned model directory (--finetuned DIR) to compute its task vector"

@@ -462,3 +462,14 @@ def test_damaged_model_folder_is_refused(tmp_path: Path, model_dirs) -> None:
     weights.unlink()
     with pytest.raises(ValueError, match="missing"):
         compute_task_vector(base_dir, out, tmp_path / "tv.safetensors")
+
+
+def test_task_vector_metadata_marks_model_weights_only_by_format() -> None:
+    """Model weights (``save_pretrained``: ``format``) are refused as τ; a hand-made τ with
+    metadata of its own (``merge_bench.py``'s ``{"bench": i}``) or none is accepted."""
+    from speechmerge.taskvector import check_task_vector_metadata
+
+    for meta in (None, {}, {"bench": "0"}, {"base": "b", "finetuned": "f"}):
+        check_task_vector_metadata("tv.safetensors", meta)
+    with pytest.raises(ValueError, match=r"tv\.safetensors is not a task-vector file"):
+        check_task_vector_metadata("tv.safetensors", {"format": "pt"})
