@@ -46,13 +46,16 @@ CT2_COMPUTE_TYPES = (
     "float32",
 )
 DEFAULT_BACKEND = "hf"
-DEFAULT_CT2_COMPUTE_TYPE = "int8"
+#: float32: int8 was 1.8x faster again on whisper-base but moved the scores (BLEU -5.7 [-10.0,
+#: -2.1] at beam 4, benchmarks/decode_backends.py; docs/performance.md); float32 greedy gives
+#: hf's hypotheses.
+DEFAULT_CT2_COMPUTE_TYPE = "float32"
 CT2_EXTRA = "pip install 'speechmerge[ct2]'"
 
 
 def decode_backend(decode_cfg: dict) -> tuple[str, str]:
     """(backend, CTranslate2 compute type) of a ``decode`` config section; an absent key takes
-    its default (``hf``, ``int8``), so configs written before these keys existed keep their
+    its default (``hf``, ``float32``), so configs written before these keys existed keep their
     params. A bad value is an error naming the key."""
     backend = decode_cfg.get("backend", DEFAULT_BACKEND)
     compute_type = decode_cfg.get("ct2_compute_type", DEFAULT_CT2_COMPUTE_TYPE)

@@ -181,7 +181,8 @@ def test_score_model_with_ct2_backend_scores_as_hf(tiny, tmp_path, monkeypatch) 
 def test_ct2_int8_and_beam_search_run(tiny) -> None:
     """int8 weights and beam search: one string per clip (tokens may differ from HF's)."""
     model_dir, _ = tiny
-    model, processor = load_decoder(model_dir, {**DECODE, "backend": "ct2"}, threads=1)
+    cfg = {**DECODE, "backend": "ct2", "ct2_compute_type": "int8"}
+    model, processor = load_decoder(model_dir, cfg, threads=1)
     assert isinstance(model, Ct2Whisper) and model.compute_type == "int8"
     for beam in (1, 3):
         hyps = transcribe(
@@ -191,7 +192,7 @@ def test_ct2_int8_and_beam_search_run(tiny) -> None:
 
 
 def test_decode_backend_defaults_and_refusals() -> None:
-    assert decode_backend(DECODE) == ("hf", "int8")
+    assert decode_backend(DECODE) == ("hf", "float32")
     assert decode_backend({**DECODE, "backend": "ct2", "ct2_compute_type": "float32"}) == (
         "ct2",
         "float32",
