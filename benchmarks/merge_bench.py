@@ -218,7 +218,7 @@ def child_busy() -> None:
 
 def child_baseline() -> None:
     """Peak RSS of a merge process that does nothing: Python + torch + speechmerge imported."""
-    import speechmerge.merge  # noqa: F401
+    import speechmerge.merge.engine  # noqa: F401  (speechmerge.merge alone loads no torch)
 
     print(json.dumps({"merge_s": 0.0}))
 
