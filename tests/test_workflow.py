@@ -386,6 +386,9 @@ def test_killed_job_leaves_no_complete_output(tmp_path: Path):
     trained: the output folder must not exist, so Snakemake reruns the job."""
     config = yaml.safe_load((REPO / "configs/smoke.yaml").read_text())
     config["base"]["synthetic"]["train"]["steps"] = 100_000  # never finishes on its own
+    # the base's corpora only, and small: training starts a few seconds in
+    config["base"]["synthetic"]["languages"] = config["languages"]
+    config["corpus"]["synthetic"]["utterances"] = {"base": 16, "train": 8, "dev": 4, "test": 4}
     endless = tmp_path / "endless.yaml"
     endless.write_text(yaml.safe_dump(config))
     cmd = [
