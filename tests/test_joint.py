@@ -94,7 +94,9 @@ def test_combined_settings_task_vectors_and_pairs():
     assert params == [{"rank_ratio": 0.05, "keep_ratio": 0.4}] * 2
     assert smparams.merge_lambda(config, "mltrain-mtmerge") == 0.5
     assert smparams.merge_lambda(config, "mttrain-mlmerge") == config["merge"]["lambda"]["default"]
-    assert smsettings.combined_methods(config) == ["ta", "lors"]
+    assert smsettings.combined_methods(config) == ["lors"]  # the preset's
+    del config["merge"]["combined_methods"]
+    assert smsettings.combined_methods(config) == ["ta", "lors"]  # the default
 
 
 def test_combined_settings_need_their_joint_models():
@@ -235,6 +237,9 @@ def write_scores(root: Path, config: dict) -> None:
 
 def test_tables_have_training_rows(tmp_path):
     config = smoke_config()
+    # two methods per combined setting (the preset runs one): each joint row is followed by
+    # all of its merges, in the configured order
+    config["merge"]["combined_methods"] = ["ta", "lors"]
     write_scores(tmp_path, config)
     tables = build_tables(config, smsettings.merge_settings(config), tmp_path)
     merges = [METHOD_NAMES[m] for m in config["merge"]["methods"]]

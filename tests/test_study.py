@@ -214,7 +214,9 @@ def test_selected_params_and_lambda(tmp_path):
 
 
 def test_lambda_methods(smoke):
-    assert lambda_methods(smoke) == ["ta", "lors"]
+    assert lambda_methods(smoke) == ["lors"]  # merge.select.methods
+    smoke["merge"]["select"]["methods"] = ["wa", "ta", "lors"]
+    assert lambda_methods(smoke) == ["ta", "lors"]  # WA has no λ
     del smoke["merge"]["select"]["methods"]
     smoke["merge"]["methods"] = ["wa", "ta", "mp", "svp", "lors"]
     assert lambda_methods(smoke) == ["ta", "mp", "svp", "lors"]  # every method but WA
