@@ -33,7 +33,7 @@ than the page cache keeps). Data go to
 With ``--load N`` each method runs quiet and then beside N busy processes (one GEMM thread
 each, like fine-tune jobs) in the same run, and ``merge-load[-quick].json`` records both
 CPU-second counts; ``--omp-wait default`` runs the merges with libgomp's default wait policy
-(spin, then sleep) instead of speechmerge's passive one (:mod:`speechmerge.threads`).
+(spin 300 000 rounds, then sleep) instead of speechmerge's 1000 (:mod:`speechmerge.threads`).
 
     .venv/bin/python benchmarks/merge_bench.py --quick --out-dir /tmp/bench   # 2+2 layers, 3 τ
     .venv/bin/python benchmarks/merge_bench.py                                # full: results/bench
@@ -78,7 +78,7 @@ PARAMS: dict[str, dict] = {
 }
 MERGEKIT_VENV = Path("/tmp/mk")
 #: Set in a merge child's environment: leave OpenMP's wait policy at its default (spin, then
-#: sleep) instead of speechmerge's passive one -- the behaviour before speechmerge.threads.
+#: sleep) instead of speechmerge's short spin -- the behaviour before speechmerge.threads.
 KEEP_OMP_DEFAULT = "MERGE_BENCH_KEEP_OMP_DEFAULT"
 
 
@@ -189,10 +189,10 @@ def engine_inputs(data: Path, n: int) -> list[Path]:
 
 
 def child_merge(method: str, data: Path, n: int, out: Path) -> None:
-    from speechmerge.threads import limit_threads, prefer_passive_wait
+    from speechmerge.threads import limit_threads, prefer_short_spin
 
     if not os.environ.get(KEEP_OMP_DEFAULT):
-        prefer_passive_wait()  # before torch loads, as the CLI and the workflow's merge jobs
+        prefer_short_spin()  # before torch loads, as the CLI and the workflow's merge jobs
 
     from speechmerge.io.memory import enable_streaming_memory_tuning
     from speechmerge.merge import merge_models
@@ -535,7 +535,7 @@ def main() -> None:
                     "(one GEMM thread each, like fine-tune jobs), in the same run; writes "
                     "merge-load[-quick].json. No mergekit, no naive baseline")  # fmt: skip
     ap.add_argument("--omp-wait", choices=("speechmerge", "default"), default="speechmerge",
-                    help="OpenMP wait policy of the merge processes: speechmerge's (passive, "
+                    help="OpenMP wait policy of the merge processes: speechmerge's (spin 1000, "
                     "as the CLI and the workflow) or libgomp's default (spin, then sleep; the "
                     "behaviour before speechmerge.threads)")  # fmt: skip
     args = ap.parse_args()
@@ -584,6 +584,7 @@ def main() -> None:
     if args.omp_wait == "default":
         os.environ[KEEP_OMP_DEFAULT] = "1"
         os.environ.pop("OMP_WAIT_POLICY", None)
+        os.environ.pop("GOMP_SPINCOUNT", None)
     if args.load:
         return run_load(args, data, n, result, out_dir, show)
 

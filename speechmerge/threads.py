@@ -3,14 +3,15 @@
 Measured (``benchmarks/merge_bench.py --load 2``; docs/performance.md): with two busy
 processes beside it on 2 cores, LoRS of ten whisper-small-shaped task vectors used 5x the
 CPU-seconds it used on a quiet machine. The cause is OpenMP's wait policy: between parallel
-regions (every GEMM and SVD step of a merge is one) libgomp's threads spin before they sleep,
-and a thread that spins while the other thread of its team is descheduled burns a core for
-nothing -- the spinning is counted as work, and it takes the core from the thread it waits
-for. Two remedies, both an explicit opt-in like :mod:`speechmerge.io.memory`:
+regions (every GEMM and SVD step of a merge is one) libgomp's threads spin before they sleep
+(300 000 rounds by default), and a thread that spins while the other thread of its team is
+descheduled burns a core for nothing -- the spinning is counted as work, and it takes the core
+from the thread it waits for. Two remedies, both an explicit opt-in like
+:mod:`speechmerge.io.memory`:
 
-* :func:`prefer_passive_wait` sets ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep at once at a
-  barrier) unless the user chose a policy. OpenMP reads it once, when torch loads its runtime,
-  so it must run before ``import torch``; it says whether it came in time.
+* :func:`prefer_short_spin` sets ``GOMP_SPINCOUNT=1000`` (spin briefly, then sleep) unless
+  the user chose a policy. OpenMP reads it once, when torch loads its runtime, so it must run
+  before ``import torch``; it says whether it came in time.
 * :func:`available_cpus` counts the CPUs this process may use: its affinity mask and the
   cgroup's CPU quota (a SLURM job or a container granted 4 of a node's 64 cores), which
   torch's default thread count ignores; :func:`limit_threads` caps torch's threads to it.
@@ -28,28 +29,41 @@ import sys
 from pathlib import Path
 
 __all__ = [
+    "SHORT_SPIN",
+    "SPIN_COUNT",
     "WAIT_POLICY",
     "available_cpus",
     "cgroup_cpu_limit",
     "limit_threads",
-    "prefer_passive_wait",
+    "prefer_short_spin",
 ]
 
 #: The environment variable OpenMP reads its wait policy from (ACTIVE spins, PASSIVE sleeps).
 WAIT_POLICY = "OMP_WAIT_POLICY"
+#: libgomp's spin count at a barrier before a thread sleeps (its default: 300 000).
+SPIN_COUNT = "GOMP_SPINCOUNT"
+#: The spin count set by :func:`prefer_short_spin` (libgomp's own for oversubscribed teams).
+SHORT_SPIN = 1000
 
 _CGROUP = Path("/sys/fs/cgroup")
 
 
-def prefer_passive_wait() -> bool:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless it is set already (the user's choice wins).
+def prefer_short_spin() -> bool:
+    """Set ``GOMP_SPINCOUNT=1000`` unless the user set it or ``OMP_WAIT_POLICY`` (their
+    choice wins): OpenMP threads spin 1000 rounds at a barrier, then sleep.
 
-    Returns whether the policy in force is PASSIVE *and* it came before torch loaded OpenMP
-    (after ``import torch`` the variable is read no more; the setting then only reaches
-    child processes).
+    1000 is what libgomp itself uses when a team has more threads than CPUs; its default for
+    an unset policy is 300 000, which wastes whole time slices when a team's other thread is
+    descheduled. ``OMP_WAIT_POLICY=PASSIVE`` (no spin at all) fixed the load case too but made
+    a quiet LoRS ~1.8x slower (a futex wake-up per parallel region); 1000 spins kept the quiet
+    speed (measurements: docs/performance.md). Returns whether the setting in force is ours
+    *and* it came before torch loaded OpenMP (after ``import torch`` it is read no more and
+    only reaches child processes).
     """
-    os.environ.setdefault(WAIT_POLICY, "PASSIVE")
-    return os.environ[WAIT_POLICY].upper() == "PASSIVE" and "torch" not in sys.modules
+    if WAIT_POLICY in os.environ or SPIN_COUNT in os.environ:
+        return False
+    os.environ[SPIN_COUNT] = str(SHORT_SPIN)
+    return "torch" not in sys.modules
 
 
 def cgroup_cpu_limit(root: str | os.PathLike[str] = _CGROUP) -> float | None:
@@ -113,7 +127,7 @@ def limit_threads(requested: int | None = None) -> int:
     as given; otherwise torch's default (the machine's cores) is lowered to what the process
     may use. Returns the thread count in force.
     """
-    import torch  # deferred: prefer_passive_wait must be callable before torch loads
+    import torch  # deferred: prefer_short_spin must be callable before torch loads
 
     if requested:
         torch.set_num_threads(int(requested))

@@ -1,4 +1,4 @@
-"""CPU threads on a shared machine (issue 16 item 6): OpenMP's passive wait before torch loads,
+"""CPU threads on a shared machine (issue 16 item 6): OpenMP's short spin before torch loads,
 and the CPUs a process may use from its affinity and cgroup quota."""
 
 from __future__ import annotations
@@ -46,7 +46,11 @@ def test_available_cpus_is_capped_by_the_quota(tmp_path: Path) -> None:
 
 def _fresh(code: str, **env: str) -> str:
     """Run ``code`` in a fresh interpreter (torch not yet loaded); its stdout."""
-    full = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    full = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT")
+    }
     full.update(PYTHONPATH=str(REPO), **env)
     res = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=full, check=True
@@ -54,24 +58,25 @@ def _fresh(code: str, **env: str) -> str:
     return res.stdout.strip()
 
 
-def test_passive_wait_comes_before_torch_and_respects_the_user() -> None:
+def test_short_spin_comes_before_torch_and_respects_the_user() -> None:
     code = (
-        "import os; from speechmerge import threads; ok = threads.prefer_passive_wait(); "
-        "import torch; print(ok, os.environ['OMP_WAIT_POLICY'])"
+        "import os; from speechmerge import threads; ok = threads.prefer_short_spin(); "
+        "import torch; print(ok, os.environ.get('GOMP_SPINCOUNT'))"
     )
-    assert _fresh(code) == "True PASSIVE"
-    assert _fresh(code, OMP_WAIT_POLICY="active") == "False active"  # the user's choice wins
-    late = "import torch; from speechmerge import threads; print(threads.prefer_passive_wait())"
+    assert _fresh(code) == "True 1000"
+    assert _fresh(code, GOMP_SPINCOUNT="5") == "False 5"  # the user's choice wins
+    assert _fresh(code, OMP_WAIT_POLICY="active") == "False None"
+    late = "import torch; from speechmerge import threads; print(threads.prefer_short_spin())"
     assert _fresh(late) == "False"  # after torch loaded OpenMP it can no longer act
 
 
-def test_the_console_entry_sets_passive_wait_before_torch() -> None:
+def test_the_console_entry_sets_the_spin_count_before_torch() -> None:
     code = (
         "import sys, os; sys.argv = ['speechmerge', 'methods']; "
         "import speechmerge.console as c; assert 'torch' not in sys.modules; "
-        "rc = c.main(); print(rc, os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+        "rc = c.main(); print(rc, os.environ['GOMP_SPINCOUNT'], 'torch' in sys.modules)"
     )
-    assert _fresh(code).splitlines()[-1] == "0 PASSIVE True"
+    assert _fresh(code).splitlines()[-1] == "0 1000 True"
 
 
 def test_limit_threads() -> None:
@@ -84,9 +89,9 @@ def test_limit_threads() -> None:
     assert _fresh(code, OMP_NUM_THREADS="3").split()[0] == "64"  # the user's setting is kept
 
 
-def test_merge_type_workflow_scripts_set_passive_wait_first() -> None:
+def test_merge_type_workflow_scripts_set_the_spin_count_first() -> None:
     for name in ("merge", "taskvector", "select_lambda", "select_taskvector", "prune_sweep"):
         text = (REPO / "workflow_scripts" / f"{name}.py").read_text()
         first_import = next(ln for ln in text.splitlines() if ln.startswith(("from ", "import ")))
         assert first_import.startswith("from speechmerge.threads import"), name
-        assert text.index("prefer_passive_wait()") < text.index("from speechmerge.io"), name
+        assert text.index("prefer_short_spin()") < text.index("from speechmerge.io"), name

@@ -1,9 +1,9 @@
 """Rule prune_sweep: one ASR fine-tune's task vector pruned by SVP and by MP at every retain
 ratio (Figure 5), each added to the base and scored on the test set."""
 
-from speechmerge.threads import limit_threads, prefer_passive_wait
+from speechmerge.threads import limit_threads, prefer_short_spin
 
-prefer_passive_wait()  # before torch loads: OpenMP reads its wait policy once (threads.py)
+prefer_short_spin()  # before torch loads: OpenMP reads its spin count once (threads.py)
 
 from speechmerge.io.memory import enable_streaming_memory_tuning
 from speechmerge.logutil import job_log

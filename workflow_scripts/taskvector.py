@@ -1,8 +1,8 @@
 """Rule taskvector: τ = θ_ft − θ0, as safetensors."""
 
-from speechmerge.threads import limit_threads, prefer_passive_wait
+from speechmerge.threads import limit_threads, prefer_short_spin
 
-prefer_passive_wait()  # before torch loads: OpenMP reads its wait policy once (threads.py)
+prefer_short_spin()  # before torch loads: OpenMP reads its spin count once (threads.py)
 
 from speechmerge.io.memory import enable_streaming_memory_tuning
 from speechmerge.logutil import job_log
