@@ -1,8 +1,8 @@
 """CPU threads of the merge on a shared machine: how many, and how they wait.
 
-Measured (``benchmarks/merge_bench.py --load 2``; docs/performance.md): with two busy
-processes beside it on 2 cores, LoRS of ten whisper-small-shaped task vectors used 5x the
-CPU-seconds it used on a quiet machine. The cause is OpenMP's wait policy: between parallel
+Issue 16 measured it: with two fine-tunes beside it on 2 cores, LoRS of ten
+whisper-small-shaped task vectors used 5x the CPU-seconds it used on a quiet machine
+(``benchmarks/merge_bench.py --load 2 --omp-wait default`` reproduces it; docs/performance.md). The cause is OpenMP's wait policy: between parallel
 regions (every GEMM and SVD step of a merge is one) libgomp's threads spin before they sleep
 (300 000 rounds by default), and a thread that spins while the other thread of its team is
 descheduled burns a core for nothing -- the spinning is counted as work, and it takes the core
