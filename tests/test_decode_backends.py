@@ -30,7 +30,13 @@ from speechmerge.decode import (
     score_model,
     transcribe,
 )
-from speechmerge.model import build_synthetic_base, build_tokenizer, load_pretrained, save_model_dir
+from speechmerge.model import (
+    TASK_NAMES,
+    build_synthetic_base,
+    build_tokenizer,
+    load_pretrained,
+    save_model_dir,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 LANG = "de"
@@ -83,7 +89,7 @@ def tiny(tmp_path_factory):
             ids = model.generate(
                 input_features=feats.input_features,
                 language=lang,
-                task={"asr": "transcribe", "st": "translate"}[task],
+                task=TASK_NAMES[task],
                 max_new_tokens=MAX_NEW,
             )
         for row in ids.tolist():
@@ -105,7 +111,7 @@ def _hf_ids(model_dir: Path, lang: str, task: str, beam: int, max_new: int) -> l
         ids = model.generate(
             input_features=feats.input_features,
             language=lang,
-            task={"asr": "transcribe", "st": "translate"}[task],
+            task=TASK_NAMES[task],
             num_beams=beam,
             do_sample=False,
             max_new_tokens=max_new,

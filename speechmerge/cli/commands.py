@@ -57,18 +57,9 @@ def cmd_merge(args: argparse.Namespace) -> int:
     )
     enable_streaming_memory_tuning()
     limit_threads()  # the CPUs this process may use (affinity, cgroup quota), not the machine's
+    opts = {"progress": progress, "force": args.force, "max_shard_size": args.max_shard_size}
     if args.taskvectors:
-        merge_models(
-            base,
-            args.taskvectors,
-            method,
-            lam,
-            plist,
-            out,
-            progress=progress,
-            force=args.force,
-            max_shard_size=args.max_shard_size,
-        )
+        merge_models(base, args.taskvectors, method, lam, plist, out, **opts)
         return 0
     work = Path(args.work_dir) / out.name if args.work_dir else out
     with scratch_dir(work) as tmp:
@@ -79,18 +70,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
                 print(f"task vector {i + 1}/{len(inputs)}: {d}", file=sys.stderr)
             compute_task_vector(base, d, p, progress=progress)
             paths.append(p)
-        merge_models(
-            base,
-            paths,
-            method,
-            lam,
-            plist,
-            out,
-            progress=progress,
-            force=args.force,
-            labels=args.finetuned,
-            max_shard_size=args.max_shard_size,
-        )
+        merge_models(base, paths, method, lam, plist, out, labels=args.finetuned, **opts)
     return 0
 
 
