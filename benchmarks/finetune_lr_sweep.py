@@ -5,7 +5,8 @@ finished run at each learning rate and score it on the language's dev subset.
         [--config config.yaml]
 
 Uses the run's base model and subsets (`RESULTS_DIR/models/base`, `RESULTS_DIR/subsets/`),
-the fine-tuning recipe (batch, accumulation, epochs) and decoding settings of `--config`
+the fine-tuning recipe of `--config` (the workflow's own `finetune_hparams` for LANG-TASK:
+batch, accumulation, epochs, micro-batch, `train_encoder`, ...; only lr replaced) and its decoding settings
 (default: the default preset). Prints the base's dev score and one line per learning rate;
 models go to /tmp/lr-sweep.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from speechmerge.decode import score_model
+from speechmerge.plan.params import finetune_hparams
 from speechmerge.train import finetune
 
 
@@ -31,13 +33,13 @@ def main() -> None:
     a = ap.parse_args()
     cfg = yaml.safe_load(a.config.read_text())
     decode = cfg["decode"]
-    recipe = {k: cfg["finetune"][k] for k in ("batch_size", "grad_accum", "epochs")}
+    recipe = finetune_hparams(cfg, a.lang, a.task)  # exactly the workflow's fine-tune
     base, dev = a.results / "models/base", a.results / f"subsets/{a.lang}/dev.tsv"
     job = (a.lang, a.task, str(dev), str(a.out / f"base-{a.lang}-{a.task}.json"))
     print(f"base dev {a.lang}-{a.task}: {score_model(base, [job], decode)[0]['score']:.2f}")
     for lr in a.lrs:
         out = a.out / f"{a.lang}-{a.task}-{lr:g}"
-        hp = {"lr": lr, **recipe}
+        hp = {**recipe, "lr": lr}
         finetune(
             base,
             a.results / f"subsets/{a.lang}/train.tsv",
