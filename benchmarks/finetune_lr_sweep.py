@@ -5,17 +5,16 @@ finished run at each learning rate and score it on the language's dev subset.
         [--config config.yaml]
 
 Uses the run's base model and subsets (`RESULTS_DIR/models/base`, `RESULTS_DIR/subsets/`),
-the fine-tuning recipe of `--config` (the workflow's own `finetune_hparams` for LANG-TASK:
-batch, accumulation, epochs, micro-batch, `train_encoder`, ...; only lr replaced) and its decoding settings
-(default: the default preset). Prints the base's dev score and one line per learning rate;
+the fine-tuning recipe of `--config` (validated, then the workflow's own `finetune_hparams`
+for LANG-TASK: batch, accumulation, epochs, micro-batch, `train_encoder`, ...; only lr
+replaced) and its decoding settings (default: the default preset). Prints the base's dev score and one line per learning rate;
 models go to /tmp/lr-sweep.
 """
 
 import argparse
 from pathlib import Path
 
-import yaml
-
+from speechmerge.config import load_config
 from speechmerge.decode import score_model
 from speechmerge.plan.params import finetune_hparams
 from speechmerge.train import finetune
@@ -31,7 +30,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/lr-sweep"))
     ap.add_argument("--config", type=Path, default=Path("config.yaml"))
     a = ap.parse_args()
-    cfg = yaml.safe_load(a.config.read_text())
+    cfg = load_config(a.config)  # validated as the workflow validates it
     decode = cfg["decode"]
     recipe = finetune_hparams(cfg, a.lang, a.task)  # exactly the workflow's fine-tune
     base, dev = a.results / "models/base", a.results / f"subsets/{a.lang}/dev.tsv"
