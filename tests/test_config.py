@@ -42,11 +42,43 @@ def smoke(smoke_config) -> dict:
     return copy.deepcopy(smoke_config)
 
 
-@pytest.mark.parametrize("path", ["config.yaml", "configs/smoke.yaml", "configs/smoke-study.yaml"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "config.yaml",
+        "configs/smoke.yaml",
+        "configs/smoke-study.yaml",
+        "configs/whisper-base-study.yaml",
+    ],
+)
 def test_shipped_configs_validate(path):
     config = load_config(ROOT / path)
     assert config["languages"]
     validate_config(config)
+
+
+def test_whisper_base_study_is_the_default_plus_the_study():
+    """The study preset reuses a default run's corpus, base, fine-tunes and test scores (run in a
+    copy of one, docs/studies.md): every section those jobs read must equal config.yaml's, and
+    the merges must cover the default's settings and methods."""
+    default = load_config(ROOT / "config.yaml")
+    study = load_config(ROOT / "configs" / "whisper-base-study.yaml")
+    for key in (
+        "seed",
+        "source",
+        "languages",
+        "tasks",
+        "corpus",
+        "subset",
+        "base",
+        "finetune",
+        "decode",
+    ):
+        assert study[key] == default[key], key
+    for key in ("settings", "methods", "lambda", "rank_ratio", "keep_ratio"):
+        assert study["merge"][key] == default["merge"][key], key
+    assert "joint" not in default and "study" not in default and "select" not in default["merge"]
+    assert study["joint"]["settings"] and study["merge"]["select"] and study["study"]
 
 
 def test_load_config_accepts_str_path():

@@ -43,6 +43,7 @@ def smoke() -> dict:
         "configs/smoke.yaml",
         "configs/smoke-study.yaml",
         "configs/synthetic-study.yaml",
+        "configs/whisper-base-study.yaml",
     ],
 )
 def test_presets_validate(path):
