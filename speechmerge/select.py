@@ -45,6 +45,38 @@ def grid_search(candidates: Sequence[Any], score_fn: Callable[[Any], float]) -> 
     return results[best][0], results
 
 
+def grid_edge(value: float, grid: Sequence[float]) -> str | None:
+    """``"lowest"`` / ``"highest"`` when `value` is the grid's smallest / largest point (a grid
+    of two or more distinct values), else None. A choice at an edge means the dev objective may
+    still improve beyond the grid: widen it there."""
+    points = sorted(set(grid))
+    if len(points) < 2:
+        return None
+    if value == points[0]:
+        return "lowest"
+    if value == points[-1]:
+        return "highest"
+    return None
+
+
+def edge_warnings(selection: dict) -> list[str]:
+    """One line per hyper-parameter of a selection (:func:`select_taskvector` or
+    :func:`select_lambda` output) chosen at the edge of its grid."""
+    return [
+        f"{name} = {value} is the {edge} point of its grid {grid}: the dev optimum may lie "
+        "beyond it; consider widening merge.select's grid"
+        for name, value, grid, edge in selection.get("edges", [])
+    ]
+
+
+def _edges(items: Iterable[tuple[str, float, Sequence[float]]]) -> list[list]:
+    return [
+        [name, value, sorted(set(grid)), edge]
+        for name, value, grid in items
+        if (edge := grid_edge(value, grid)) is not None
+    ]
+
+
 def dev_score(
     base_dir,
     taskvectors: Sequence[str],
@@ -109,6 +141,9 @@ def select_taskvector(
         "criterion": "dev objective of base + LoRS(tau) (lambda = 1): BLEU, or -WER for ASR",
         "dev_split": str(dev_tsv),
         "grid": [{"rank_ratio": c[0], "keep_ratio": c[1], "objective": s} for c, s in results],
+        "edges": _edges(
+            [("rank_ratio", r, select_cfg["rank_grid"]), ("keep_ratio", p, select_cfg["keep_grid"])]
+        ),
     }
 
 
@@ -142,6 +177,9 @@ def select_lambda(
         )
         out["lambda"][method] = lam
         out["grid"][method] = [{"lambda": c, "objective": s} for c, s in results]
+    out["edges"] = _edges(
+        (f"lambda[{m}]", lam, select_cfg["lambda_grid"]) for m, lam in out["lambda"].items()
+    )
     out["criterion"] = "mean dev objective over the setting's pairs: BLEU, or -WER for ASR"
     out["dev_splits"] = [str(t) for t in dev_tsvs]
     return out

@@ -17,6 +17,8 @@ from speechmerge.plan.params import lambda_methods
 from speechmerge.plan.settings import merge_settings
 from speechmerge.report import hparams
 from speechmerge.select import (
+    edge_warnings,
+    grid_edge,
     grid_search,
     objective,
     select_lambda,
@@ -198,6 +200,40 @@ def test_select_lambda_per_method_on_toy_score():
     )
     assert sel["lambda"] == best and sel["setting"] == "ml-asr"
     assert all("test" not in d for d in sel["dev_splits"])
+    assert sel["edges"] == [] and edge_warnings(sel) == []
+
+
+def test_grid_edge():
+    assert grid_edge(0.2, [0.2, 0.4, 0.6]) == "lowest"
+    assert grid_edge(0.6, [0.4, 0.6, 0.2]) == "highest"  # config order need not be sorted
+    assert grid_edge(0.4, [0.2, 0.4, 0.6]) is None
+    assert grid_edge(0.4, [0.4]) is None and grid_edge(0.4, [0.4, 0.4]) is None  # no edge
+
+
+def test_selection_at_grid_edge_is_recorded_and_warned():
+    """The study run of 7f373bc chose lambda 0.2, the lowest of [0.2, 0.4, 0.6], in ML+MT with
+    the objective still rising towards it: such a choice is flagged, not silent."""
+    cfg = {"lambda_grid": [0.2, 0.4, 0.6]}
+    sel = select_lambda(
+        "base",
+        ["a"],
+        [("ca", "asr")],
+        [{}],
+        ["ca/dev.tsv"],
+        ["ta", "lors"],
+        cfg,
+        {},
+        score_fn=lambda m, lam: -lam if m == "ta" else -abs(lam - 0.4),
+    )
+    assert sel["lambda"] == {"ta": 0.2, "lors": 0.4}
+    assert sel["edges"] == [["lambda[ta]", 0.2, [0.2, 0.4, 0.6], "lowest"]]
+    (line,) = edge_warnings(sel)
+    assert "lambda[ta] = 0.2" in line and "lowest" in line
+    tv = {"rank_grid": [0.02, 0.05], "keep_grid": [0.2, 0.4, 0.6]}
+    sel = select_taskvector(
+        "base", "tv", "ca", "asr", "dev.tsv", tv, {}, score_fn=lambda r, p: r - abs(p - 0.4)
+    )
+    assert sel["edges"] == [["rank_ratio", 0.05, [0.02, 0.05], "highest"]]
 
 
 def test_selected_params_and_lambda(tmp_path):

@@ -7,7 +7,7 @@ prefer_short_spin()  # before torch loads: OpenMP reads its spin count once (thr
 from speechmerge.io.memory import enable_streaming_memory_tuning
 from speechmerge.logutil import job_log
 from speechmerge.model import select_device
-from speechmerge.select import select_lambda, selected_params, write_json
+from speechmerge.select import edge_warnings, select_lambda, selected_params, write_json
 
 sm = snakemake  # noqa: F821
 enable_streaming_memory_tuning()  # opt-in allocator tuning of the streaming merge
@@ -28,4 +28,6 @@ with job_log(sm.log[0], sm.threads) as log:
         sm.wildcards.setting,
     )
     log.info("selected λ for %s: %s", sm.wildcards.setting, sel["lambda"])
+    for line in edge_warnings(sel):
+        log.warning("%s: %s", sm.wildcards.setting, line)
     write_json(sm.output[0], sel)

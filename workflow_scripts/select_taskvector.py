@@ -7,7 +7,7 @@ prefer_short_spin()  # before torch loads: OpenMP reads its spin count once (thr
 from speechmerge.io.memory import enable_streaming_memory_tuning
 from speechmerge.logutil import job_log
 from speechmerge.model import select_device
-from speechmerge.select import select_taskvector, write_json
+from speechmerge.select import edge_warnings, select_taskvector, write_json
 
 sm = snakemake  # noqa: F821
 enable_streaming_memory_tuning()  # opt-in allocator tuning of the streaming merge
@@ -25,4 +25,6 @@ with job_log(sm.log[0], sm.threads) as log:
         device=select_device(p.device),
     )
     log.info("selected %s-%s: r=%s p=%s", w.lang, w.task, sel["rank_ratio"], sel["keep_ratio"])
+    for line in edge_warnings(sel):
+        log.warning("%s-%s: %s", w.lang, w.task, line)
     write_json(sm.output[0], sel)
