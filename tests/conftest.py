@@ -35,6 +35,16 @@ ARCH_TINY = {
 }
 
 
+def load_benchmark(name: str):
+    """A script of benchmarks/ imported as a module (they are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.fixture
 def arch_tiny() -> dict:
     return dict(ARCH_TINY)

@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from conftest import ARCH_TINY
+from conftest import ARCH_TINY, load_benchmark
 
 from speechmerge.config import validate_config
 from speechmerge.corpus import Utterance, write_tsv
@@ -267,13 +267,7 @@ def test_schema_lists_what_the_code_accepts() -> None:
 def test_benchmark_script_on_the_tiny_model(tiny, tmp_path, capsys) -> None:
     """benchmarks/decode_backends.py's table (not its timings): every backend at beam 1 and
     the config's beam, float32 greedy identical to hf, the --out files."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "decode_backends", ROOT / "benchmarks" / "decode_backends.py"
-    )
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("decode_backends")
     model_dir, tsv = tiny
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"decode": {**DECODE, "beam_size": 2}}))

@@ -3,22 +3,17 @@ and the bar checks of its table."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location(
-        "merge_bench", ROOT / "benchmarks" / "merge_bench.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("merge_bench")
 
 
 def test_method_spec_overrides_defaults(bench) -> None:
