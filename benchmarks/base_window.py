@@ -6,7 +6,9 @@
 Scores the zero-shot whisper-base at the full 30-s window (converted afresh from the
 installed packages) and the run's base (`RUN_DIR/results/models/base`, the truncated window
 the fine-tunes start from) on the first N utterances of every (language, task) test subset of
-the run, with the run's decoding settings, and prints one Markdown table (WER % / BLEU).
+the run, with the run's decoding settings, and prints one Markdown table (WER % / BLEU), then
+each task's average over the languages with its 95 % paired-bootstrap CI and the paired
+difference between the two windows (:mod:`speechmerge.hypotheses`, as the workflow's tables).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import yaml
 from speechmerge.convert import convert_ct2
 from speechmerge.corpus import read_tsv, write_tsv
 from speechmerge.decode import score_model
+from speechmerge.hypotheses import files_ci, files_compare
 
 
 def main() -> None:
@@ -38,6 +41,11 @@ def main() -> None:
     convert_ct2(None, full, window_seconds=a.window)
     models = {f"{a.window} s window": full, "run's base": res / "models/base"}
     rows = {}
+
+    def out(name: str, lang: str, task: str) -> Path:
+        # one directory per model: the file stem is the test set's key, which pairs them
+        return tmp / str(list(models).index(name)) / f"{lang}-{task}.json"
+
     for lang in cfg["languages"]:
         tsv = res / f"subsets/{lang}/test.tsv"
         head = [
@@ -47,9 +55,7 @@ def main() -> None:
         small = tmp / f"{lang}-test.tsv"
         write_tsv(head, small)
         for name, model in models.items():
-            jobs = [
-                (lang, t, str(small), str(tmp / f"{name}-{lang}-{t}.json")) for t in cfg["tasks"]
-            ]
+            jobs = [(lang, t, str(small), str(out(name, lang, t))) for t in cfg["tasks"]]
             for r in score_model(model, jobs, cfg["decode"]):
                 rows.setdefault(name, {})[f"{lang}-{r['task']}"] = r["score"]
     cols = [f"{lang}-{t}" for lang in cfg["languages"] for t in cfg["tasks"]]
@@ -58,6 +64,16 @@ def main() -> None:
     print("| --- |" + " ---: |" * len(cols))
     for name, scores in rows.items():
         print(f"| {name} | " + " | ".join(f"{scores[c]:.1f}" for c in cols) + " |")
+    names = list(models)
+    print("\n| task | " + " | ".join(f"{n} (avg [95 % CI])" for n in names) + " | difference |")
+    print("| --- |" + " --- |" * (len(names) + 1))
+    for t in cfg["tasks"]:
+        files = {n: [out(n, lang, t) for lang in cfg["languages"]] for n in names}
+        cis = [files_ci(files[n]) for n in names]
+        d = files_compare(files[names[0]], files[names[1]])
+        cells = [f"{c['score']:.1f} [{c['ci_low']:.1f}, {c['ci_high']:.1f}]" for c in cis]
+        diff = f"{d['delta']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}], {d['verdict']}"
+        print(f"| {t} | " + " | ".join(cells) + f" | {names[0]} − {names[1]}: {diff} |")
     (tmp / "scores.json").write_text(json.dumps(rows, indent=2))
 
 
