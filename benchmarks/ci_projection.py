@@ -15,12 +15,12 @@ test set k times larger would give if its utterances were like these (a power an
 projection, not a measurement). At k = 1 it reproduces the tables' intervals.
 
 Cost: a decode's seconds scale with its utterances (the score JSONs' `seconds`), so the run's
-job seconds grow by (k − 1) × the seconds of every decode of a test set of the setting's task
-(`--task-of-setting`: all ASR test sets, whatever setting decodes them, since test sets are
-per (language, task)). The projected wall time is the run's `--wall` plus the added job seconds divided by
-the run's parallelism (`--parallel`, default job seconds / `--wall`). `--drop SETTING:M1,M2` subtracts those methods' decodes
-(not their merges, ~4 % of a run: a conservative estimate) (e.g. Table 4 with only the paper's TA and LoRS). Fine-tuning, dev decodes and the
-rest are unchanged.
+job seconds grow by (k − 1) × the seconds of every decode of a test set of `--task` (all of
+them, whichever setting decodes them: test sets are per (language, task)). The projected wall
+time is the run's `--wall` plus the added job seconds divided by the run's parallelism
+(`--parallel`; default: job seconds / `--wall`). `--drop SETTING:M1,M2` subtracts those
+methods' decodes, e.g. Table 4 with only the paper's TA and LoRS (not their merges, ~4 % of a
+run: a conservative estimate). Fine-tuning, dev decodes and the rest are unchanged.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--task", default="asr", help="the setting's task (its test sets grow)")
     ap.add_argument("--factors", type=float, nargs="+", default=[1, 1.5, 2, 2.5, 3])
     ap.add_argument("--target", type=float, default=2.0)
-    ap.add_argument("--drop", default="", help="SETTING:M1,M2 decodes and merges left out")
+    ap.add_argument("--drop", default="", help="SETTING:M1,M2 whose decodes are left out")
     args = ap.parse_args()
 
     cfg = yaml.safe_load((args.run / "results" / "config.effective.yaml").read_text())
