@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -40,31 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cpu_costs import job_seconds
 
 from speechmerge.hypotheses import system_stats
-from speechmerge.metrics import LEVEL, RESAMPLES, SEED, _interval, corpus_score, resample_counts
-
-
-def scaled_counts(n: int, k: float, key: str, resamples: int = RESAMPLES, seed: int = SEED):
-    """(resamples, n) counts of round(k·n) draws with replacement from n utterances; at
-    k = 1 the workflow's own resamples (so the tables' intervals are reproduced)."""
-    m = max(1, round(k * n))
-    if m == n:
-        return resample_counts(n, key, resamples, seed)
-    rng = np.random.default_rng([seed, zlib.crc32(key.encode()), n, m])
-    draws = rng.integers(0, n, size=(resamples, m)) + n * np.arange(resamples)[:, None]
-    return np.bincount(draws.ravel(), minlength=resamples * n).reshape(resamples, n).astype(float)
+from speechmerge.metrics import bootstrap
 
 
 def half_width(items: list[tuple[str, np.ndarray]], metric: str, k: float) -> tuple[float, float]:
     """(average score, half-width of its 95 % CI) with each test set k times larger."""
-    point, reps = 0.0, np.zeros(RESAMPLES)
-    for key, stats in items:
-        counts = scaled_counts(len(stats), k, key)
-        point += float(corpus_score(metric, stats.sum(axis=0))) / len(items)
-        # a resample of round(k n) utterances: its corpus score is a ratio of sums, so the
-        # counts' scale does not bias it
-        reps += corpus_score(metric, counts @ stats) / len(items)
-    low, high = _interval(point, reps, LEVEL)
-    return point, (high - low) / 2
+    ci = bootstrap(metric, items, scale=k)
+    return ci["score"], (ci["ci_high"] - ci["ci_low"]) / 2
 
 
 def systems(run: Path, setting: str, langs: list[str], task: str) -> dict[str, list[Path]]:
@@ -132,23 +113,18 @@ def main() -> None:
     )
 
     # cost
-    stages = job_seconds(args.run)
-    total = sum(sum(v) for v in stages.values())
-    parallel = args.parallel or total / args.wall
+    parallel = args.parallel or sum(map(sum, job_seconds(args.run).values())) / args.wall
     grow = dropped = 0.0
     drop_setting, _, drop_methods = args.drop.partition(":")
     drop = set(filter(None, drop_methods.split(",")))
-    for js in (args.run / "results" / "scores").rglob("*.json"):
+    scores = args.run / "results" / "scores"
+    for js in scores.rglob("*.json"):
         d = json.loads(js.read_text())
-        if "seconds" not in d or d.get("task") != args.task:
-            continue
-        rel = js.relative_to(args.run / "results" / "scores").parts
+        rel = js.relative_to(scores).parts
         if rel[0] == "merged" and rel[1] == drop_setting and rel[2] in drop:
-            continue
-        grow += d["seconds"]
-    for js in (args.run / "results" / "scores" / "merged" / drop_setting).glob("*/*.json"):
-        if js.parent.name in drop:
-            dropped += json.loads(js.read_text()).get("seconds", 0.0)
+            dropped += d.get("seconds", 0.0)
+        elif "seconds" in d and d.get("task") == args.task:
+            grow += d["seconds"]
     print(
         f"Cost, from the run's wall ({args.wall:.0f} s) at {parallel:.2f} jobs at a time: "
         f"{args.task} test decodes {grow:.0f} s"

@@ -180,17 +180,22 @@ def corpus_score(metric: str, summed: np.ndarray) -> np.ndarray:
 
 @lru_cache(maxsize=64)
 def resample_counts(
-    n: int, key: str = "", resamples: int = RESAMPLES, seed: int = SEED
+    n: int, key: str = "", resamples: int = RESAMPLES, seed: int = SEED, draws: int | None = None
 ) -> np.ndarray:
     """(resamples, n) counts: how often each of the n utterances is drawn in each bootstrap
     resample (n draws with replacement). The same (n, key, resamples, seed) always gives the
     same counts, so systems scored on the same test set (`key`, e.g. ``ca-asr``) are
-    resampled identically — the pairing. Cached and read-only."""
+    resampled identically — the pairing. `draws` (default n) draws that many utterances per
+    resample instead: the spread a test set draws / n times larger would show (a power
+    analysis; ``benchmarks/ci_projection.py``). Cached and read-only."""
     if n < 1:
         raise ValueError("no utterances to resample")
-    rng = np.random.default_rng([seed, zlib.crc32(key.encode()), n])
-    draws = rng.integers(0, n, size=(resamples, n)) + n * np.arange(resamples)[:, None]
-    counts = np.bincount(draws.ravel(), minlength=resamples * n).reshape(resamples, n)
+    m = n if draws is None else draws
+    if m < 1:
+        raise ValueError("no draws per resample")
+    rng = np.random.default_rng([seed, zlib.crc32(key.encode()), n] + ([] if m == n else [m]))
+    picks = rng.integers(0, n, size=(resamples, m)) + n * np.arange(resamples)[:, None]
+    counts = np.bincount(picks.ravel(), minlength=resamples * n).reshape(resamples, n)
     counts = counts.astype(np.float64)  # the matrix products with the statistics are float
     counts.flags.writeable = False
     return counts
@@ -217,10 +222,11 @@ def _items(stats: TestSets) -> list[tuple[str, np.ndarray]]:
 
 
 def _averaged(
-    metric: str, systems: Sequence[TestSets], resamples: int, seed: int
+    metric: str, systems: Sequence[TestSets], resamples: int, seed: int, scale: float = 1.0
 ) -> tuple[list[float], list[np.ndarray]]:
     """For each system (the same test sets in the same order): the full-set corpus score
-    averaged over its test sets, and its (resamples,) bootstrap replicates."""
+    averaged over its test sets, and its (resamples,) bootstrap replicates (each drawing
+    round(scale × n) of a test set's n utterances)."""
     items = [_items(s) for s in systems]
     first = [(k, len(v)) for k, v in items[0]]
     for other in items[1:]:
@@ -231,7 +237,7 @@ def _averaged(
     points = [0.0] * len(systems)
     reps = [np.zeros(resamples) for _ in systems]
     for j, (key, n) in enumerate(first):
-        counts = resample_counts(n, key, resamples, seed)
+        counts = resample_counts(n, key, resamples, seed, max(1, round(scale * n)))
         for i, its in enumerate(items):
             stats = its[j][1]
             points[i] += float(corpus_score(metric, stats.sum(axis=0))) / len(first)
@@ -245,12 +251,14 @@ def bootstrap(
     resamples: int = RESAMPLES,
     seed: int = SEED,
     level: float = LEVEL,
+    scale: float = 1.0,
 ) -> dict:
     """{'score', 'ci_low', 'ci_high'}: a system's corpus score and its percentile CI. `stats`:
     one test set's :func:`utterance_stats`, or {test set key: stats} (or (key, stats) pairs)
     to average the corpus scores over test sets, each resampled within itself (the tables'
-    Avg. columns)."""
-    (point,), (reps,) = _averaged(metric, [stats], resamples, seed)
+    Avg. columns). `scale` ≠ 1 projects the CI of test sets `scale` times larger with
+    utterances like these (:func:`resample_counts`' `draws`); the workflow's CIs use 1."""
+    (point,), (reps,) = _averaged(metric, [stats], resamples, seed, scale)
     low, high = _interval(point, reps, level)
     return {"score": point, "ci_low": low, "ci_high": high}
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import load_benchmark
 
-from speechmerge.metrics import bootstrap, utterance_stats
+from speechmerge.metrics import bootstrap, resample_counts, utterance_stats
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,7 +44,9 @@ def test_larger_test_set_narrows_by_sqrt_k(proj, items) -> None:
     assert 0.4 < hw4 / hw1 < 0.62  # 1 / sqrt(4), up to bootstrap noise
 
 
-def test_scaled_counts_draw_k_n(proj) -> None:
-    counts = proj.scaled_counts(50, 2.5, "x-asr")
+def test_resample_counts_draw_k_n() -> None:
+    counts = resample_counts(50, "x-asr", draws=125)
     assert counts.shape == (1000, 50)
     assert (counts.sum(axis=1) == 125).all()
+    # the default (draws = n) is unchanged: the workflow's own resamples
+    assert (resample_counts(50, "x-asr", draws=50) == resample_counts(50, "x-asr")).all()
