@@ -24,8 +24,8 @@ def setting_taskvectors(wildcards):
 
 
 def setting_tests(wildcards):
-    return [P.subset_tsv(lang, "test") for lang, _ in P.settings[wildcards.setting]]
+    return pair_tests(P.settings[wildcards.setting])
 
 
 def pair_tests(pairs):
-    return [P.subset_tsv(lang, "test") for lang, _ in pairs]
+    return [P.test_tsv(lang, task) for lang, task in pairs]

@@ -1,4 +1,5 @@
-# Stage: corpus (per language) and duration-based subsets (per language).
+# Stage: corpus (per language) and duration-based subsets (per language): train, dev and
+# one test set, or one per task when subset.test_hours differs by task (P.test_splits).
 
 
 # Exactly one corpus rule exists, the one of config["source"]; both write corpus/{lang}.
@@ -40,20 +41,19 @@ rule subset:
     input:
         corpus=lambda w: P.corpus_dir(w.lang),
     output:
-        train=P.subset_tsv("{lang}", "train"),
-        dev=P.subset_tsv("{lang}", "dev"),
-        test=P.subset_tsv("{lang}", "test"),
+        [P.subset_tsv("{lang}", split) for split in P.subset_splits],
         summary=f"{R}/subsets/{{lang}}/summary.json",
     log:
         "logs/subset/{lang}.log",
     conda:
         "../envs/speechmerge.yaml"
     params:
-        hours=lambda w: {
-            "train": smparams.train_hours(config, w.lang),
-            "dev": config["subset"]["dev_hours"],
-            "test": config["subset"]["test_hours"],
-        },
+        hours=lambda w: P.subset_hours(
+            {
+                "train": smparams.train_hours(config, w.lang),
+                "dev": config["subset"]["dev_hours"],
+            }
+        ),
         scale=config["subset"]["scale"],
         seed=config["seed"],
     script:

@@ -3,17 +3,17 @@
 # manifest), so the scores go into a copy of its card beside hard links of its files.
 
 
-# One job per merge setting, as rule score_merged: the work is a few links and a card.
+# One job per (setting, method), as rule score_merged: the work is a few links and a card.
 rule release:
     input:
-        model=[P.merged("{setting}", m) for m in P.methods],
-        scores=[P.scores(f"merged/{{setting}}/{m}") for m in P.methods],
+        model=P.merged("{setting}", "{method}"),
+        scores=P.scores("merged/{setting}/{method}"),
     output:
-        [directory(P.release("{setting}", m)) for m in P.methods],
+        directory(P.release("{setting}", "{method}")),
     log:
-        "logs/release/{setting}.log",
+        "logs/release/{setting}/{method}.log",
     benchmark:
-        "benchmarks/release/{setting}.tsv"
+        "benchmarks/release/{setting}/{method}.tsv"
     conda:
         "../envs/speechmerge.yaml"
     script:

@@ -4,7 +4,7 @@
 rule score_pretrained:
     input:
         model=P.base,
-        test=lambda w: P.subset_tsv(w.lang, "test"),
+        test=lambda w: P.test_tsv(w.lang, w.task),
     output:
         P.score_file("pretrained", "{lang}", "{task}"),
     log:
@@ -27,7 +27,7 @@ rule score_pretrained:
 use rule score_pretrained as score_finetuned with:
     input:
         model=P.finetuned("{lang}", "{task}"),
-        test=lambda w: P.subset_tsv(w.lang, "test"),
+        test=lambda w: P.test_tsv(w.lang, w.task),
     output:
         P.score_file("finetuned", "{lang}", "{task}"),
     log:
@@ -36,20 +36,19 @@ use rule score_pretrained as score_finetuned with:
         "benchmarks/score/finetuned/{lang}-{task}.tsv"
 
 
-# One job per merge setting scores every method's merged model: the per-job cost here is
-# mostly Python and transformers start-up (~5 s), paid once instead of once per method.
-# Adding a method rescores its settings' other methods too (cheap); adding a language
-# re-merges and rescores only the settings that contain it.
+# One job per (setting, method): a merged model decodes its setting's test sets. The per-job
+# start-up (~5 s of Python and transformers) buys scheduling freedom: a long setting's
+# methods share the cores, and adding a method scores only its own merges.
 rule score_merged:
     input:
-        model=lambda w: [P.merged(w.setting, m) for m in P.methods],
+        model=P.merged("{setting}", "{method}"),
         test=setting_tests,
     output:
-        [directory(P.scores(f"merged/{{setting}}/{m}")) for m in P.methods],
+        directory(P.scores("merged/{setting}/{method}")),
     log:
-        "logs/score/merged/{setting}.log",
+        "logs/score/merged/{setting}/{method}.log",
     benchmark:
-        "benchmarks/score/merged/{setting}.tsv"
+        "benchmarks/score/merged/{setting}/{method}.tsv"
     conda:
         "../envs/speechmerge.yaml"
     threads: 1

@@ -48,7 +48,7 @@ use rule taskvector as taskvector_scaled with:
 use rule score_pretrained as score_finetuned_scaled with:
     input:
         model=P.finetuned("{lang}", "{task}", "{scale}"),
-        test=lambda w: P.subset_tsv(w.lang, "test"),
+        test=lambda w: P.test_tsv(w.lang, w.task),
     output:
         P.score_file("finetuned@{scale}", "{lang}", "{task}"),
     log:
@@ -126,7 +126,7 @@ rule prune_sweep:
     input:
         base=P.base,
         taskvector=lambda w: P.taskvector(w.lang, "asr", w.dscale),
-        test=lambda w: P.subset_tsv(w.lang, "test"),
+        test=lambda w: P.test_tsv(w.lang, "asr"),
     output:
         P.prune_sweep("{dscale}", "{lang}"),
     log:

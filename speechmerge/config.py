@@ -13,7 +13,7 @@ import jsonschema
 import yaml
 
 from .io.atomic import atomic_write_text
-from .plan.params import merge_max_shard_size, train_hours
+from .plan.params import merge_max_shard_size, test_hours, train_hours
 from .plan.settings import data_scales, study_methods, study_section
 
 #: The JSON schema of the config (package data: found after a wheel install too).
@@ -48,6 +48,7 @@ def check_config(config: dict) -> None:
     check_finite(config)
     check_bounds(config)
     check_languages(config)
+    check_setting_methods(config)
     merge_max_shard_size(config)  # a size of 0 bytes passes the schema's pattern
 
 
@@ -125,6 +126,18 @@ def check_base(config: dict) -> None:
             raise ValueError(f"config key 'base.ct2.path': {path}/model.bin does not exist")
 
 
+def check_setting_methods(config: dict) -> None:
+    """``merge.setting_methods`` picks from ``merge.methods`` (their merges' rules and files)."""
+    methods = config["merge"]["methods"]
+    for kind, chosen in (config["merge"].get("setting_methods") or {}).items():
+        extra = [m for m in chosen if m not in methods]
+        if extra:
+            raise ValueError(
+                f"config key 'merge.setting_methods.{kind}': {extra} are not in "
+                f"'merge.methods' {methods}"
+            )
+
+
 def check_covost2(config: dict) -> None:
     """CoVoST-2 needs a pretrained base (a real Whisper), and enough audio per split for the
     subsets the config asks for."""
@@ -141,7 +154,7 @@ def check_covost2(config: dict) -> None:
             max(
                 max(train_hours(config, lang) for lang in config["languages"]),
                 sub["dev_hours"],
-                sub["test_hours"],
+                *(test_hours(config, task) for task in config["tasks"]),
             )
             * sub["scale"]
         )

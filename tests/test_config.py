@@ -58,23 +58,25 @@ def test_shipped_configs_validate(path):
 
 
 def test_whisper_base_study_is_the_default_plus_the_study():
-    """The study preset reuses a default run's corpus, base, fine-tunes and test scores (run in a
-    copy of one, docs/studies.md): every section those jobs read must equal config.yaml's, and
-    the merges must cover the default's settings and methods."""
+    """The study preset trains and decodes as the default (its fine-tunes are the default's:
+    the corpus draws each split from its own seed, so the test split's size does not change the
+    others), and merges at least the default's settings with its methods. Its test sets are
+    the ones its committed results were measured on (docs/whisper-base-study.md): one 360-s
+    set per language, from a 280-utterance test split, as the default had until it gave ASR a
+    larger set of its own."""
     default = load_config(ROOT / "config.yaml")
     study = load_config(ROOT / "configs" / "whisper-base-study.yaml")
-    for key in (
-        "seed",
-        "source",
-        "languages",
-        "tasks",
-        "corpus",
-        "subset",
-        "base",
-        "finetune",
-        "decode",
-    ):
+    for key in ("seed", "source", "languages", "tasks", "base", "finetune", "decode"):
         assert study[key] == default[key], key
+
+    def without_test(config):
+        corpus = copy.deepcopy(config["corpus"])
+        del corpus["synthetic"]["utterances"]["test"]
+        return corpus, {k: v for k, v in config["subset"].items() if k != "test_hours"}
+
+    assert without_test(study) == without_test(default)
+    assert study["subset"]["test_hours"] == 0.1
+    assert study["corpus"]["synthetic"]["utterances"]["test"] == 280
     for key in ("methods", "lambda", "rank_ratio", "keep_ratio"):
         assert study["merge"][key] == default["merge"][key], key
     # the default's settings first, then the study's training-then-merging ones
@@ -343,3 +345,37 @@ def test_the_planning_and_report_code_loads_no_torch():
     included) and the table/figure jobs import the report code: none loads torch or
     transformers (seconds of import each)."""
     assert loaded(LIGHT, ["torch", "transformers"]) == []
+
+
+def test_setting_methods_must_be_configured_methods(smoke):
+    cfg = copy.deepcopy(smoke)
+    cfg["merge"]["methods"] = ["ta", "lors"]
+    cfg["merge"]["setting_methods"] = {"mlmt": ["ta", "wa"]}
+    raises(cfg, "merge.setting_methods.mlmt", "['wa']", "merge.methods")
+    cfg["merge"]["setting_methods"] = {"mt-ca": ["ta"]}  # a kind, not a setting
+    raises(cfg, "merge.setting_methods")
+
+
+def test_test_hours_per_task_schema(smoke):
+    cfg = copy.deepcopy(smoke)
+    cfg["subset"]["test_hours"] = {"asr": 1.5}
+    raises(cfg, "subset.test_hours")  # no default
+    cfg["subset"]["test_hours"] = {"default": 1, "mt": 2}
+    raises(cfg, "subset.test_hours")
+    cfg["subset"]["test_hours"] = {"default": 1, "asr": 0}
+    raises(cfg, "subset.test_hours")
+    cfg["subset"]["test_hours"] = {"default": 1, "st": 0.5}
+    validate_config(cfg)
+
+
+def test_covost2_split_cap_counts_the_largest_test_set():
+    from speechmerge.config import check_covost2
+
+    cfg = load_config(ROOT / "configs" / "covost2-whisper-small.yaml")
+    cfg["corpus"]["covost2"]["max_hours_per_split"] = 3
+    cfg["subset"].update(scale=1, dev_hours=1, train_hours={"default": 1})
+    cfg["subset"]["test_hours"] = {"default": 1, "asr": 4}
+    with pytest.raises(ValueError, match="max_hours_per_split.*4 h"):
+        check_covost2(cfg)
+    cfg["subset"]["test_hours"] = {"default": 1, "asr": 2}
+    check_covost2(cfg)

@@ -183,11 +183,11 @@ def test_snakemake_creates_the_conda_env_and_runs_jobs_in_it(tmp_path):
     res = run(
         [snakemake, "-s", REPO / "Snakefile", "--directory", tmp_path]
         + ["--configfile", REPO / "configs/smoke.yaml", "--sdm", "conda", "--cores", "2"]
-        + ["results/subsets/de/test.tsv"],
+        + ["results/subsets/de/train.tsv"],
         3600,
         cwd=REPO,
     )
     assert res.returncode == 0, res.stderr[-5000:]
-    assert (tmp_path / "results/subsets/de/test.tsv").is_file()
+    assert (tmp_path / "results/subsets/de/train.tsv").is_file()
     copied = list((tmp_path / ".snakemake/conda").glob("*.yaml"))
     assert copied and "-e .." not in copied[0].read_text()

@@ -262,7 +262,7 @@ def test_tables_have_training_rows(tmp_path):
         "Pretrained",
         "Finetuned",
         "ML and MT training",
-        *[f"ML and MT {m}" for m in merges],
+        *[f"ML and MT {METHOD_NAMES[m]}" for m in smsettings.setting_methods(config, "mlmt")],
         "MT training",
         "MT training + ML Task Arithmetic",
         "MT training + ML LoRS-Merging",
@@ -305,4 +305,4 @@ def test_tables_without_joint_training_are_unchanged(tmp_path):
     write_scores(tmp_path, config)
     tables = build_tables(config, smsettings.merge_settings(config), tmp_path)
     assert list(tables["table1"].index)[:3] == ["Pretrained", "Finetuned", "Weight Averaging"]
-    assert len(tables["table4"]) == 2 + len(config["merge"]["methods"])
+    assert len(tables["table4"]) == 2 + len(smsettings.setting_methods(config, "mlmt"))

@@ -43,7 +43,7 @@ def with_schema_defaults(config: dict) -> dict:
 
 def test_smoke_preset_from_the_repo_root_is_the_preset(repo_copy: Path):
     preset = yaml.safe_load((REPO / "configs/smoke.yaml").read_text())
-    eff = effective_config(repo_copy, "configs/smoke.yaml", "results/subsets/ca/test.tsv")
+    eff = effective_config(repo_copy, "configs/smoke.yaml", "results/subsets/ca/train.tsv")
     assert eff["finetune"]["lr"] == {"default": 1.0e-4, "de-st": 5.0e-5}  # not config.yaml's
     assert "snr_db" not in eff["corpus"]["synthetic"]["domains"]["base"]  # config.yaml has noise
     assert eff == with_schema_defaults(preset)
@@ -52,7 +52,7 @@ def test_smoke_preset_from_the_repo_root_is_the_preset(repo_copy: Path):
 def test_paper_preset_merges_with_its_own_lambda(repo_copy: Path):
     preset = yaml.safe_load((REPO / "configs/covost2-whisper-small.yaml").read_text())
     eff = effective_config(
-        repo_copy, "configs/covost2-whisper-small.yaml", "results/subsets/ca/test.tsv"
+        repo_copy, "configs/covost2-whisper-small.yaml", "results/subsets/ca/train.tsv"
     )
     assert eff["merge"]["lambda"] == {"default": 0.15}  # the paper's, for every setting
     assert eff == with_schema_defaults(preset)
@@ -61,7 +61,7 @@ def test_paper_preset_merges_with_its_own_lambda(repo_copy: Path):
 def test_without_configfile_config_yaml_is_the_config(repo_copy: Path):
     default = yaml.safe_load((REPO / "config.yaml").read_text())
     langs = default["languages"]
-    eff = effective_config(repo_copy, None, f"results/subsets/{langs[0]}/test.tsv")
+    eff = effective_config(repo_copy, None, f"results/subsets/{langs[0]}/train.tsv")
     assert eff == with_schema_defaults(default)
 
 

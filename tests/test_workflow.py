@@ -18,6 +18,7 @@ import yaml
 from conftest import reversed_keys
 
 from speechmerge.io.atomic import verify_tree
+from speechmerge.plan.settings import setting_methods
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -76,7 +77,8 @@ def check_tables(run: Path, config_path: Path) -> dict[str, pd.DataFrame]:
     for name, path in tables.items():
         df = out[name] = pd.read_csv(path, index_col=0)
         if name not in ("table5", "table6"):  # hyper-parameter tables: one row per value
-            assert len(df) >= 2 + len(config["merge"]["methods"]), name
+            setting = {"table1": "ml-asr", "table2": "ml-st", "table4": "mlmt"}.get(name, "mt")
+            assert len(df) >= 2 + len(setting_methods(config, setting)), name
         assert df.map(lambda x: isinstance(x, float) and math.isfinite(x)).all().all(), name
         assert (run / f"results/tables/{name}.md").read_text().count("|") > 10
     langs = config["languages"]
@@ -91,6 +93,14 @@ def check_tables(run: Path, config_path: Path) -> dict[str, pd.DataFrame]:
 def test_smoke_tables_numeric(smoke_run: Path):
     tables = check_tables(smoke_run, REPO / "configs/smoke.yaml")
     assert list(tables["table1"].index) == ["Pretrained", "Finetuned", *METHOD_ROWS]
+    # merge.setting_methods: Table 4 merges with TA and LoRS only, as the paper's
+    assert list(tables["table4"].index) == [
+        "Pretrained",
+        "Finetuned",
+        "ML and MT Task Arithmetic",
+        "ML and MT LoRS-Merging",
+    ]
+    assert not (smoke_run / "results/merged/mlmt/wa").exists()
     assert not (smoke_run / "results/figures").exists()  # the studies are smoke-study's
 
 
@@ -243,6 +253,23 @@ def test_lowres_tables_7_to_10(lowres_run):
     assert "WER nl" in t9.columns and "BLEU Avg." in t9.columns
 
 
+def test_smoke_per_task_test_sets(smoke_run: Path):
+    """subset.test_hours {default: 0.7, asr: 1}: each task decodes its own test set, of its
+    own duration, whichever system (fine-tune or merge) is scored."""
+    summary = json.loads((smoke_run / "results/subsets/ca/summary.json").read_text())
+    assert set(summary) == {"train", "dev", "test-asr", "test-st"}
+    asr, st = summary["test-asr"], summary["test-st"]
+    assert asr["requested_seconds"] == pytest.approx(st["requested_seconds"] / 0.7)
+    assert asr["seconds"] > st["seconds"] and asr["utterances"] > st["utterances"]
+    assert not (smoke_run / "results/subsets/ca/test.tsv").exists()
+    scores = smoke_run / "results/scores"
+    for system in ("pretrained", "finetuned", "merged/mlmt/lors", "merged/mt-ca/wa"):
+        for task in ("asr", "st"):
+            s = json.loads((scores / system / f"ca-{task}.json").read_text())
+            assert s["test_set"] == f"results/subsets/ca/test-{task}.tsv", system
+            assert s["utterances"] == summary[f"test-{task}"]["utterances"], system
+
+
 def test_smoke_scores_and_hypotheses(smoke_run: Path):
     score = json.loads((smoke_run / "results/scores/finetuned/ca-st.json").read_text())
     assert score["metric"] == "bleu" and "nrefs:1" in score["signature"]
@@ -262,7 +289,8 @@ def test_smoke_scores_and_hypotheses(smoke_run: Path):
 def test_smoke_release_dirs(smoke_run: Path):
     """Every scored merge has a release dir: the merged model's files as hard links and its
     card with the Scores section; the merged dirs are left as their jobs wrote them."""
-    assert len(list((smoke_run / "results/release").glob("*/*"))) == 5 * 5  # settings × methods
+    # settings × methods: ml-asr, ml-st, mt-ca and mt-de with five, mlmt with TA and LoRS
+    assert len(list((smoke_run / "results/release").glob("*/*"))) == 4 * 5 + 2
     release = smoke_run / "results/release/mlmt/lors"
     merged = smoke_run / "results/merged/mlmt/lors"
     assert (release / "model.safetensors").samefile(merged / "model.safetensors")

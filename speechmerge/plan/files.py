@@ -5,7 +5,15 @@ from __future__ import annotations
 import re
 
 from ..corpus import LANGUAGES
-from .params import RATIO_FREE_METHODS, combo, device, lambda_methods, select_config
+from .params import (
+    RATIO_FREE_METHODS,
+    combo,
+    device,
+    lambda_methods,
+    select_config,
+    test_hours,
+    test_splits,
+)
 from .settings import (
     HPARAM_TABLES,
     combined_methods,
@@ -17,6 +25,7 @@ from .settings import (
     main_equivalent,
     merge_settings,
     reduced_scales,
+    setting_methods,
     study_methods,
     study_section,
     study_settings,
@@ -58,6 +67,9 @@ class Plan:
         self.methods = config["merge"]["methods"]
         self.device = device(config)
         self.settings = merge_settings(config)
+        self.test_splits = test_splits(config)  # {task: "test"} or {task: "test-{task}"}
+        # rule subset's splits: train, dev, then each distinct test split
+        self.subset_splits = ["train", "dev", *dict.fromkeys(self.test_splits.values())]
         self.joint = joint_models(config)  # joint-training baselines (rules/joint.smk)
         self.combined = combined_settings(config)  # Table 4's training-then-merging settings
         self.combined_methods = combined_methods(config)
@@ -86,6 +98,20 @@ class Plan:
 
     def subset_tsv(self, lang: str, split: str) -> str:
         return f"{RESULTS}/subsets/{lang}/{split}.tsv"
+
+    def test_tsv(self, lang: str, task: str) -> str:
+        """The test set of (lang, task): see :func:`~speechmerge.plan.params.test_splits`."""
+        return self.subset_tsv(lang, self.test_splits[task])
+
+    def subset_hours(self, lang_hours: dict[str, float]) -> dict[str, float]:
+        """{split: hours} of rule subset, given train and dev: one test split per distinct
+        test set (:attr:`test_splits`)."""
+        tests = {split: test_hours(self.config, t) for t, split in self.test_splits.items()}
+        return {**lang_hours, **tests}
+
+    def methods_of(self, setting: str) -> list[str]:
+        """The methods that merge `setting` (``merge.setting_methods``)."""
+        return setting_methods(self.config, setting)
 
     def finetuned(self, lang: str, task: str, scale: str = "1") -> str:
         return f"{RESULTS}/models/finetuned{_at(scale)}/{lang}-{task}"
@@ -226,7 +252,7 @@ class Plan:
             for k in ("pretrained", "finetuned")
             for lang, t in self.pairs
         ]
-        files += [self.scores(f"merged/{s}/{m}") for s in self.settings for m in self.methods]
+        files += [self.scores(f"merged/{s}/{m}") for s in self.settings for m in self.methods_of(s)]
         files += [self.scores(f"joint/{name}") for name in self.joint]
         return files + [
             self.scores(f"merged/{s}/{m}") for s in self.combined for m in self.combined_methods
@@ -235,7 +261,7 @@ class Plan:
     # what rule all asks for
     def release_dirs(self) -> list[str]:
         """Every scored merge's release dir: the main settings and Table 4's combined ones."""
-        dirs = [self.release(s, m) for s in self.settings for m in self.methods]
+        dirs = [self.release(s, m) for s in self.settings for m in self.methods_of(s)]
         return dirs + [self.release(s, m) for s in self.combined for m in self.combined_methods]
 
     def table_names(self) -> list[str]:

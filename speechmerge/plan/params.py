@@ -41,6 +41,23 @@ def train_hours(config: dict, lang: str) -> float:
     return config["subset"]["train_hours"].get(lang, config["subset"]["train_hours"]["default"])
 
 
+def test_hours(config: dict, task: str) -> float:
+    """Hours of test audio per language for `task`: ``subset.test_hours`` (a number, or
+    ``default`` plus optional ``asr`` / ``st``)."""
+    hours = config["subset"]["test_hours"]
+    return hours.get(task, hours["default"]) if isinstance(hours, dict) else hours
+
+
+def test_splits(config: dict) -> dict[str, str]:
+    """{task: the subset split its test set is}: one ``test`` set per language that both tasks
+    read when their hours are equal (each utterance has a transcript and a translation),
+    else ``test-asr`` and ``test-st``."""
+    tasks = config["tasks"]
+    if len({test_hours(config, t) for t in tasks}) <= 1:
+        return dict.fromkeys(tasks, "test")
+    return {t: f"test-{t}" for t in tasks}
+
+
 def finetune_hparams(config: dict, lang: str, task: str) -> dict:
     ft = config["finetune"]
     return {

@@ -118,6 +118,15 @@ def combined_methods(config: dict) -> list[str]:
     return list(config["merge"].get("combined_methods", DEFAULT_COMBINED_METHODS))
 
 
+def setting_methods(config: dict, setting: str) -> list[str]:
+    """The methods that merge `setting` (``mt-{lang}`` looked up as ``mt``):
+    ``merge.setting_methods[kind]`` when given (a subset of ``merge.methods``, in its order),
+    else ``merge.methods``. The paper's Table 4 merges ML + MT with TA and LoRS only."""
+    methods = config["merge"]["methods"]
+    chosen = (config["merge"].get("setting_methods") or {}).get(setting_kind(setting))
+    return list(methods) if chosen is None else [m for m in methods if m in chosen]
+
+
 def pair_languages(pairs: list[tuple[str, str]]) -> list[str]:
     """The languages of `pairs`, each once, in order of first appearance."""
     return list(dict.fromkeys(lang for lang, _ in pairs))
@@ -237,7 +246,7 @@ def main_equivalent(config: dict, settings: dict, name: str, method: str) -> str
     if (
         st["scale"] == 1.0
         and kind in settings
-        and method in config["merge"]["methods"]
+        and method in setting_methods(config, kind)
         and list(settings[kind]) == list(st["pairs"])
     ):
         return kind

@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..io.atomic import atomic_write_text
 from ..plan.params import finetune_hparams, merge_lambda, merge_params
-from ..plan.settings import HPARAM_TABLES
+from ..plan.settings import HPARAM_TABLES, setting_methods
 from .tables import METHOD_NAMES
 
 
@@ -25,7 +25,7 @@ def hparam_tables(
     given ({"lang-task": path}, {setting: path}), else from the config. r and p in %."""
     tv_sel = {k: json.loads(Path(v).read_text()) for k, v in (taskvector_selections or {}).items()}
     lam_sel = {k: json.loads(Path(v).read_text()) for k, v in (lambda_selections or {}).items()}
-    langs, methods = config["languages"], config["merge"]["methods"]
+    langs = config["languages"]
     tables = {}
     for name, task in HPARAM_TABLES:
         if task not in config["tasks"]:
@@ -44,7 +44,7 @@ def hparam_tables(
         if setting in joint.get("settings", []) and "lr" in joint:
             lr = joint["lr"].get(setting, joint["lr"].get("default"))
             rows["Multi-lingual training: learning rate"] = {lang: lr for lang in langs}
-        for m in methods:
+        for m in setting_methods(config, setting):
             if m == "wa":
                 continue
             lam = merge_lambda(config, setting)

@@ -19,7 +19,7 @@ import pandas as pd
 from ..hypotheses import files_compare
 from ..io.atomic import atomic_write_text
 from ..metrics import LEVEL, RESAMPLES, SEED
-from ..plan.settings import joint_models, setting_kind
+from ..plan.settings import joint_models, setting_kind, setting_methods
 from .tables import METHOD_NAMES, read_score
 
 COLUMNS = [
@@ -54,7 +54,7 @@ def systems(config: dict, settings: dict, scores_root, group: list[str], task: s
     root = Path(scores_root)
     tests = [(s, lang) for s in group for lang, t in settings[s] if t == task]
     out = {FINETUNED: [root / "finetuned" / f"{lang}-{task}.json" for _, lang in tests]}
-    for m in config["merge"]["methods"]:
+    for m in setting_methods(config, group[0]):
         out[METHOD_NAMES[m]] = [
             root / "merged" / s / m / f"{lang}-{task}.json" for s, lang in tests
         ]

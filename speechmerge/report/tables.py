@@ -20,7 +20,13 @@ import pandas as pd
 from ..hypotheses import files_ci, hyp_path
 from ..io.atomic import atomic_write_text
 from ..merge.registry import METHOD_NAMES
-from ..plan.settings import combined_methods, combined_settings, joint_models, table_name_map
+from ..plan.settings import (
+    combined_methods,
+    combined_settings,
+    joint_models,
+    setting_methods,
+    table_name_map,
+)
 
 CAPTIONS = {
     "table1": "Multi-lingual ASR model merging (WER ↓, %). Finetuned is the topline; Avg. averages WER directly.",
@@ -151,7 +157,7 @@ def build_tables(config: dict, settings: dict, scores_root: str | Path) -> dict[
     training" (tables 1, 2), "Multi-task training" (3, 11); Table 4 also gets the
     training-then-merging rows (:func:`_training_rows`)."""
     s = Scores(scores_root)
-    langs, methods = config["languages"], config["merge"]["methods"]
+    langs = config["languages"]
     joint = joint_models(config)
     tables: dict[str, pd.DataFrame] = {}
     for name, setting, task in (("table1", "ml-asr", "asr"), ("table2", "ml-st", "st")):
@@ -163,7 +169,7 @@ def build_tables(config: dict, settings: dict, scores_root: str | Path) -> dict[
         }
         if setting in joint:
             rows["Multi-lingual training"] = {lang: s.joint(setting, lang, task) for lang in langs}
-        for m in methods:
+        for m in setting_methods(config, setting):
             rows[METHOD_NAMES[m]] = {lang: s.merged(setting, m, lang, task) for lang in langs}
         tables[name] = _per_language(rows, langs)
     pairs = [(lang, t) for lang in langs for t in ("asr", "st")]
@@ -177,7 +183,7 @@ def build_tables(config: dict, settings: dict, scores_root: str | Path) -> dict[
             rows["Multi-task training"] = {
                 (lang, t): s.joint(f"mt-{lang}", lang, t) for lang, t in pairs
             }
-        for m in methods:
+        for m in setting_methods(config, "mt"):
             rows[METHOD_NAMES[m]] = {
                 (lang, t): s.merged(f"mt-{lang}", m, lang, t) for lang, t in pairs
             }
@@ -192,7 +198,7 @@ def build_tables(config: dict, settings: dict, scores_root: str | Path) -> dict[
         training = _training_rows(config, s, pairs)
         if "ML and MT training" in training:
             rows["ML and MT training"] = training.pop("ML and MT training")
-        for m in methods:
+        for m in setting_methods(config, "mlmt"):
             rows[f"ML and MT {METHOD_NAMES[m]}"] = {p: s.merged("mlmt", m, *p) for p in pairs}
         rows.update(training)
         tables["table4"] = _two_task(rows, langs)
