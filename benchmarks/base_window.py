@@ -6,7 +6,7 @@
 Scores the zero-shot whisper-base at the full 30-s window (converted afresh from the
 installed packages) and the run's base (`RUN_DIR/results/models/base`, the truncated window
 the fine-tunes start from) on the first N utterances of every (language, task) test subset of
-the run, with the run's decoding settings, and prints one Markdown table (WER % / BLEU), then
+the run (`test.tsv`, or `test-{task}.tsv` when the tasks' test hours differ), with the run's decoding settings, and prints one Markdown table (WER % / BLEU), then
 each task's average over the languages with its 95 % paired-bootstrap CI and the paired
 difference between the two windows (:mod:`speechmerge.hypotheses`, as the workflow's tables).
 """
@@ -25,6 +25,7 @@ from speechmerge.convert import convert_ct2
 from speechmerge.corpus import read_tsv, write_tsv
 from speechmerge.decode import score_model
 from speechmerge.hypotheses import files_ci, files_compare
+from speechmerge.plan.params import test_splits
 
 
 def main() -> None:
@@ -46,16 +47,19 @@ def main() -> None:
         # one directory per model: the file stem is the test set's key, which pairs them
         return tmp / str(list(models).index(name)) / f"{lang}-{task}.json"
 
+    splits = test_splits(cfg)  # one test set per language, or one per task
     for lang in cfg["languages"]:
-        tsv = res / f"subsets/{lang}/test.tsv"
-        head = [
-            dataclasses.replace(r, audio=str((tsv.parent / r.audio).resolve()))
-            for r in read_tsv(tsv)[: a.limit]
-        ]
-        small = tmp / f"{lang}-test.tsv"
-        write_tsv(head, small)
+        small = {}
+        for split in dict.fromkeys(splits.values()):
+            tsv = res / f"subsets/{lang}/{split}.tsv"
+            head = [
+                dataclasses.replace(r, audio=str((tsv.parent / r.audio).resolve()))
+                for r in read_tsv(tsv)[: a.limit]
+            ]
+            small[split] = tmp / f"{lang}-{split}.tsv"
+            write_tsv(head, small[split])
         for name, model in models.items():
-            jobs = [(lang, t, str(small), str(out(name, lang, t))) for t in cfg["tasks"]]
+            jobs = [(lang, t, str(small[splits[t]]), str(out(name, lang, t))) for t in cfg["tasks"]]
             for r in score_model(model, jobs, cfg["decode"]):
                 rows.setdefault(name, {})[f"{lang}-{r['task']}"] = r["score"]
     cols = [f"{lang}-{t}" for lang in cfg["languages"] for t in cfg["tasks"]]

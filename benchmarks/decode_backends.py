@@ -6,7 +6,8 @@
 
 Each MODEL_DIR is a Hugging Face Whisper dir named LANG-TASK, as the workflow's fine-tunes
 (`results/models/finetuned/de-asr`), or given as DIR=LANG-TASK; each TSV is a test subset in
-the workflow's format (`results/subsets/de/test.tsv`: the language is its folder's name), or
+the workflow's format (`results/subsets/de/test.tsv`, or `test-asr.tsv` / `test-st.tsv`: the
+language is its folder's name), or
 LANG=TSV. Every model is decoded on its language's test set (the first --limit utterances) by
 transformers' `generate` (backend hf) and by CTranslate2 (backend ct2) in each --compute-types
 (default float32 and int8; the model is exported once, in float32, and quantized at load), at
